@@ -1,0 +1,267 @@
+"""One frozen configuration for the whole pipeline, loaded from TOML and overridden from the CLI.
+
+    cfg = load_config("configs/default.toml", overrides=["train.epochs=3", "model.latent_dim=8"])
+
+Every key has a typed default below; a TOML file or an override naming an unknown key, or giving
+a value of the wrong type, raises ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_size: int = 55_000  # images kept from the 55,000-image train split
+    validation_size: int = 5_000  # the last 5,000 of tfds' train split; at most 5,000
+    test_size: int = 10_000  # images kept from the 10,000-image test split
+    binarize: bool = (
+        False  # static binarization (pixel > binarize_threshold) for likelihood benchmarks
+    )
+    binarize_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str = "mlp"  # "mlp" | "conv"
+    latent_dim: int = 2  # 2 draws the pictures; larger scores better
+    hidden_units: tuple[int, ...] = (512, 256)  # mlp: encoder widths (decoder mirrors them)
+    conv_filters: tuple[int, ...] = (
+        32,
+        64,
+    )  # conv: stride-2 encoder filters (decoder mirrors them)
+    beta: float = 1.0  # weight of the KL term in the VAE loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1234  # seeds Python, NumPy, TensorFlow and Keras; one place
+    epochs: int = 60  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    patience: int = 5  # epochs without val-loss improvement before stopping
+    jit_compile: bool = True  # XLA; about 1.4x faster on CPU
+    verbose: str = (
+        "auto"  # "auto" (bar on a terminal, a line per epoch otherwise) | "bar" | "epoch" | "quiet"
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    noise_sigma: float = 0.3  # Gaussian noise for the denoising figures and metrics
+    nll_samples: int = 200  # K for the importance-sampled NLL
+    anomaly_fpr: float = 0.01  # false-positive rate the anomaly threshold is calibrated at
+    grid_size: int = 10  # digits per side of the decoded-grid figures
+    confident_grid_size: int = 30  # points per side for grid_confident_frac
+    confident_prob: float = 0.9
+    classifier_epochs: int = 4
+    fid_samples: int = 10_000
+    knn_k: int = 5
+    figure_digits: int = 10  # columns of the sample-digit and denoising figures
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    parity_samples: int = 1_000
+    parity_atol: float = 1e-5
+    int8: bool = True  # also write dynamically quantized int8 decoders
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dataclasses.asdict(getattr(self, name))
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against the field's type; ints widen to floats, lists become tuples."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got bool {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(
+            f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    """``"train.epochs=3"`` -> ("train", "epochs", 3); the value is read as TOML, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    if dotted.count(".") != 1:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    section, key = dotted.strip().split(".")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # bare words such as conv or auto
+    return section, key, value
+
+
+def build_config(raw: dict[str, dict[str, Any]]) -> Config:
+    """Validate a nested dict (TOML-shaped) against the schema and freeze it."""
+    sections: dict[str, Any] = {}
+    config_fields = {f.name: f for f in dataclasses.fields(Config)}
+    for name in raw:
+        if name not in config_fields:
+            raise ConfigError(f"unknown config section {name!r}; expected one of {list(SECTIONS)}")
+    for name, cfg_field in config_fields.items():
+        section_cls = cfg_field.default_factory  # type: ignore[misc]
+        types = _field_types(section_cls)
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: expected a table, got {values!r}")
+        checked = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(
+                    f"unknown config key {name}.{key}; expected one of {sorted(types)}"
+                )
+            checked[key] = _coerce(f"{name}.{key}", value, types[key])
+        sections[name] = section_cls(**checked)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    positive = {
+        "data.train_size": cfg.data.train_size,
+        "data.validation_size": cfg.data.validation_size,
+        "data.test_size": cfg.data.test_size,
+        "model.latent_dim": cfg.model.latent_dim,
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "evaluate.nll_samples": cfg.evaluate.nll_samples,
+        "evaluate.grid_size": cfg.evaluate.grid_size,
+        "evaluate.confident_grid_size": cfg.evaluate.confident_grid_size,
+        "evaluate.classifier_epochs": cfg.evaluate.classifier_epochs,
+        "evaluate.fid_samples": cfg.evaluate.fid_samples,
+        "evaluate.knn_k": cfg.evaluate.knn_k,
+        "evaluate.figure_digits": cfg.evaluate.figure_digits,
+        "export.parity_samples": cfg.export.parity_samples,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    limits = {"data.train_size": 55_000, "data.validation_size": 5_000, "data.test_size": 10_000}
+    for key, limit in limits.items():
+        value = positive[key]
+        if value > limit:
+            raise ConfigError(f"{key} must be at most {limit:,}, got {value:,}")
+    if cfg.model.architecture not in ("mlp", "conv"):
+        raise ConfigError(
+            f"model.architecture must be 'mlp' or 'conv', got {cfg.model.architecture!r}"
+        )
+    if any(u <= 0 for u in cfg.model.hidden_units) or not cfg.model.hidden_units:
+        raise ConfigError(f"model.hidden_units must be positive ints, got {cfg.model.hidden_units}")
+    if any(u <= 0 for u in cfg.model.conv_filters) or not cfg.model.conv_filters:
+        raise ConfigError(f"model.conv_filters must be positive ints, got {cfg.model.conv_filters}")
+    if len(cfg.model.conv_filters) > 2:
+        raise ConfigError(
+            f"model.conv_filters takes at most 2 stride-2 layers (28 -> 14 -> 7), got {cfg.model.conv_filters}"
+        )
+    if cfg.model.beta < 0:
+        raise ConfigError(f"model.beta must be >= 0, got {cfg.model.beta}")
+    if cfg.train.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate must be positive, got {cfg.train.learning_rate}")
+    if cfg.train.patience < 0:
+        raise ConfigError(f"train.patience must be >= 0, got {cfg.train.patience}")
+    if cfg.train.verbose not in ("auto", "bar", "epoch", "quiet"):
+        raise ConfigError(
+            f"train.verbose must be auto, bar, epoch or quiet, got {cfg.train.verbose!r}"
+        )
+    if not 0.0 < cfg.evaluate.anomaly_fpr < 1.0:
+        raise ConfigError(f"evaluate.anomaly_fpr must be in (0, 1), got {cfg.evaluate.anomaly_fpr}")
+    if not cfg.evaluate.noise_sigma >= 0.0:
+        raise ConfigError(f"evaluate.noise_sigma must be >= 0, got {cfg.evaluate.noise_sigma}")
+    if not 0.0 < cfg.evaluate.confident_prob <= 1.0:
+        raise ConfigError(
+            f"evaluate.confident_prob must be in (0, 1], got {cfg.evaluate.confident_prob}"
+        )
+    if not 0.0 < cfg.data.binarize_threshold < 1.0:
+        raise ConfigError(
+            f"data.binarize_threshold must be in (0, 1), got {cfg.data.binarize_threshold}"
+        )
+    if not 13 <= cfg.export.opset <= 18:
+        raise ConfigError(f"export.opset must be in 13..18, got {cfg.export.opset}")
+    if cfg.export.parity_atol <= 0:
+        raise ConfigError(f"export.parity_atol must be positive, got {cfg.export.parity_atol}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (TOML; None for the built-in defaults) and apply ``section.key=value`` overrides."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for text in overrides or []:
+        section, key, value = _parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"override {text!r}: unknown section {section!r}; expected one of {list(SECTIONS)}"
+            )
+        raw.setdefault(section, {})[key] = value
+    try:
+        return build_config(raw)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def config_to_toml(cfg: Config) -> str:
+    """Render a config as TOML (flat tables of scalars and lists), for ``config.toml`` beside a run."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(
+                f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}"
+            )
+        lines.append("")
+    return "\n".join(lines)
