@@ -1,0 +1,134 @@
+"""Builders for the named functional models: encoders, decoders, the autoencoder and the VAE.
+
+    ae = build_autoencoder(ModelSpec(architecture="mlp", latent_dim=2))
+    vae = build_vae(ModelSpec(architecture="conv", latent_dim=2), seed=1234)
+
+Every model takes images (n, 28, 28) float32 in [0, 1]; decoders return pixels (n, 28, 28) in
+[0, 1] (sigmoid). The tensor names (`images`, `z`, `z_mean`, `z_log_var`, `pixels`) are the ones
+the ONNX export keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from models.layers import KLDivergence, Sampling
+
+IMAGE_SHAPE = (28, 28)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the builders need to know; mirrors the ``[model]`` config section."""
+
+    architecture: str = "mlp"  # "mlp" | "conv"
+    latent_dim: int = 2
+    hidden_units: tuple[int, ...] = (512, 256)
+    conv_filters: tuple[int, ...] = (32, 64)
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("mlp", "conv"):
+            raise ValueError(
+                f"architecture must be 'mlp' or 'conv'. Received: architecture={self.architecture!r}"
+            )
+        if self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be positive. Received: latent_dim={self.latent_dim}")
+
+
+def _encoder_trunk(images: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+    """images (n, 28, 28) -> features (n, k)."""
+    if spec.architecture == "mlp":
+        x = layers.Flatten(name="flatten")(images)
+        for i, units in enumerate(spec.hidden_units):
+            x = layers.Dense(units, activation="relu", name=f"enc_dense_{i}")(x)
+        return x
+    x = layers.Reshape((28, 28, 1), name="add_channel")(images)
+    for i, filters in enumerate(spec.conv_filters):
+        x = layers.Conv2D(
+            filters, 3, strides=2, padding="same", activation="relu", name=f"enc_conv_{i}"
+        )(x)
+    x = layers.Flatten(name="flatten")(x)
+    return layers.Dense(spec.hidden_units[-1], activation="relu", name="enc_dense")(x)
+
+
+def _decoder_body(z: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+    """z (n, latent_dim) -> pixels (n, 28, 28) in [0, 1]."""
+    if spec.architecture == "mlp":
+        x = z
+        for i, units in enumerate(reversed(spec.hidden_units)):
+            x = layers.Dense(units, activation="relu", name=f"dec_dense_{i}")(x)
+        x = layers.Dense(28 * 28, activation="sigmoid", name="dec_pixels")(x)
+        return layers.Reshape(IMAGE_SHAPE, name="pixels")(x)
+    filters = list(reversed(spec.conv_filters))
+    side = 28 // 2 ** len(filters)
+    x = layers.Dense(spec.hidden_units[-1], activation="relu", name="dec_dense")(z)
+    x = layers.Dense(side * side * filters[0], activation="relu", name="dec_project")(x)
+    x = layers.Reshape((side, side, filters[0]), name="dec_reshape")(x)
+    for i, f in enumerate(filters):
+        x = layers.Conv2DTranspose(
+            f, 3, strides=2, padding="same", activation="relu", name=f"dec_deconv_{i}"
+        )(x)
+    x = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="dec_pixels")(x)
+    return layers.Reshape(IMAGE_SHAPE, name="pixels")(x)
+
+
+def build_encoder(spec: ModelSpec, variational: bool = False) -> keras.Model:
+    """images (n, 28, 28) -> z (n, latent_dim), or [z_mean, z_log_var] when ``variational``."""
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    x = _encoder_trunk(images, spec)
+    if not variational:
+        z = layers.Dense(spec.latent_dim, name="z")(x)
+        return keras.Model(images, z, name="ae_encoder")
+    z_mean = layers.Dense(spec.latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(spec.latent_dim, name="z_log_var")(x)
+    return keras.Model(images, [z_mean, z_log_var], name="vae_encoder")
+
+
+def build_decoder(spec: ModelSpec, variational: bool = False) -> keras.Model:
+    """z (n, latent_dim) -> pixels (n, 28, 28) in [0, 1]."""
+    z = keras.Input((spec.latent_dim,), name="z")
+    pixels = _decoder_body(z, spec)
+    return keras.Model(z, pixels, name="vae_decoder" if variational else "ae_decoder")
+
+
+def build_autoencoder(spec: ModelSpec) -> keras.Model:
+    """images (n, 28, 28) -> reconstruction (n, 28, 28); encoder and decoder are its sub-models."""
+    encoder = build_encoder(spec)
+    decoder = build_decoder(spec)
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    return keras.Model(images, decoder(encoder(images)), name="autoencoder")
+
+
+def build_vae(spec: ModelSpec, seed: int | None = None) -> keras.Model:
+    """images (n, 28, 28) -> reconstruction (n, 28, 28) decoded from a sampled z.
+
+    The KL term enters the loss through the ``KLDivergence`` layer; compile with a summed
+    reconstruction loss (``SummedBinaryCrossentropy``) so the total is the negative ELBO in nats.
+    """
+    encoder = build_encoder(spec, variational=True)
+    decoder = build_decoder(spec, variational=True)
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    z_mean, z_log_var = encoder(images)
+    z_mean, z_log_var = KLDivergence(beta=spec.beta, name="kl_divergence")([z_mean, z_log_var])
+    z = Sampling(seed=seed, name="sampling")([z_mean, z_log_var])
+    return keras.Model(images, decoder(z), name="vae")
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a `.keras` file in safe mode (no arbitrary code); importing this module registers
+    the custom layers it may contain."""
+    return keras.saving.load_model(Path(path), safe_mode=True)
+
+
+def submodel(model: keras.Model, name: str) -> keras.Model:
+    """The encoder or decoder inside an autoencoder/VAE built above, by its model name."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and layer.name == name:
+            return layer
+    names = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    raise KeyError(f"{model.name} has no sub-model named {name!r}; it has {names}")
