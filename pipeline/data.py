@@ -1,0 +1,37 @@
+"""Reading the ingest stage's output: one split as float32 pixels in [0, 1].
+
+images, labels = load_split(paths.dataset, "validation", cfg.data)  # (5000, 28, 28), (5000,)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DataConfig
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_split(
+    dataset: Path, split: str, data_cfg: DataConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """images (n, 28, 28) float32 in [0, 1] and labels (n,) int64 of ``split``.
+
+    With ``data_cfg.binarize`` the pixels are statically binarized (> threshold -> 1.0).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    with np.load(dataset, allow_pickle=False) as npz:
+        key = f"{split}_images"
+        if key not in npz:
+            raise KeyError(f"{dataset} has no {key!r}; it holds {sorted(npz.files)}")
+        raw = npz[key]
+        labels = npz[f"{split}_labels"].astype(np.int64)
+    if raw.dtype != np.uint8 or raw.shape[1:] != (28, 28):
+        raise ValueError(f"{dataset}:{key} is {raw.dtype} {raw.shape}, expected uint8 (n, 28, 28)")
+    images = raw.astype(np.float32) / np.float32(255.0)
+    if data_cfg is not None and data_cfg.binarize:
+        images = (images > data_cfg.binarize_threshold).astype(np.float32)
+    return images, labels

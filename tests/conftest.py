@@ -1,0 +1,66 @@
+"""Shared fixtures: the real MNIST mirror and one smoke pipeline run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / "configs" / "smoke.toml"
+
+
+def mirror_dir() -> Path:
+    """The offline MNIST mirror: $MNIST_MIRROR, else ../shared/data/mnist beside the repo."""
+    env = os.environ.get("MNIST_MIRROR")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "mnist"
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(
+            f"MNIST mirror not found at {path}: set MNIST_MIRROR to the folder holding the four "
+            "IDX .gz files (the tests never download)"
+        )
+    return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    return mirror_dir()
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tfds data dir per test session, so tfds builds MNIST once."""
+    return tmp_path_factory.mktemp("tfds")
+
+
+def run_cli(args: list[str], env_extra: dict[str, str] | None = None, check: bool = True):
+    """Run ``python run_pipeline.py ARGS`` in a fresh process; returns CompletedProcess."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"run_pipeline.py {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, mirror: Path, tfds_dir: Path) -> Path:
+    """Artifacts of one smoke-config run of every stage (real MNIST, a few hundred images)."""
+    out = tmp_path_factory.mktemp("smoke")
+    run_cli(
+        ["--config", str(SMOKE_CONFIG), "--out", str(out), "--mirror", str(mirror)],
+        env_extra={"TFDS_DATA_DIR": str(tfds_dir)},
+    )
+    return out
