@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import ingest, train
+from pipeline import evaluate, ingest, train
 from pipeline.common import (
     Paths,
     library_versions,
@@ -66,6 +66,13 @@ STAGES: dict[str, Stage] = {
         ("data", "model", "train"),
         lambda p: [p.dataset],
         lambda p: _model_files(p, "vae"),
+    ),
+    "evaluate": Stage(
+        "evaluate",
+        evaluate.run,
+        ("data", "evaluate"),
+        evaluate.evaluate_inputs,
+        evaluate.evaluate_outputs,
     ),
 }
 

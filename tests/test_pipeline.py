@@ -45,13 +45,25 @@ def test_smoke_run_writes_every_artifact(smoke_run: Path):
     assert not list(smoke_run.rglob(".*.tmp*")), "temporary files left behind"
 
 
+def test_evaluate_writes_thresholds_and_latent_boxes(smoke_run: Path):
+    metrics = json.loads((smoke_run / "eval" / "metrics.json").read_text())
+    for kind in ("ae", "vae"):
+        for key in ("recon_mse", "anomaly_threshold", "test_fpr"):
+            assert np.isfinite(metrics[f"{kind}.{key}"]), f"{kind}.{key}"
+        assert 0.0 <= metrics[f"{kind}.test_fpr"] <= 0.2
+    assert 0.0 < metrics["ae.recon_mse"] < 0.2
+    boxes = json.loads((smoke_run / "eval" / "latent_boxes.json").read_text())
+    assert all(lo < hi for lo, hi in zip(boxes["ae"]["low"], boxes["ae"]["high"], strict=True))
+    np.testing.assert_allclose(boxes["vae"]["high"], [1.6448536] * 2, atol=1e-6)
+
+
 def test_run_json_records_config_versions_and_stages(smoke_run: Path):
     info = json.loads((smoke_run / "run.json").read_text())
     assert info["config"] == json.loads(json.dumps(load_config(SMOKE_CONFIG).to_dict()))
     assert info["seed"] == load_config(SMOKE_CONFIG).train.seed
     for lib in ("tensorflow", "keras", "tensorflow-datasets", "numpy"):
         assert info["versions"][lib]
-    for stage in ("ingest", "train_ae", "train_vae"):
+    for stage in ("ingest", "train_ae", "train_vae", "evaluate"):
         assert info["stages"][stage]["status"] in ("ran", "skipped")
         assert info["stages"][stage]["seconds"] >= 0
     assert load_config(smoke_run / "config.toml") == load_config(SMOKE_CONFIG)

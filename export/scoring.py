@@ -1,0 +1,68 @@
+"""Anomaly scores and their calibration, in numpy: the one definition the pipeline and the
+runtime share, so a threshold calibrated in the evaluate stage means the same thing at the edge.
+
+    scores = negative_elbo(images, pixels, z_mean, z_log_var)   # VAE, nats per image
+    threshold = calibrate_threshold(validation_scores, fpr=0.01)
+    anomalies = scores > threshold
+
+AE score: per-image mean squared reconstruction error. VAE score: the negative ELBO evaluated at
+the posterior mean, i.e. the Bernoulli NLL of the image under the decoder's pixels at z = z_mean,
+plus KL(q(z|x) || N(0, I)); deterministic, in nats, higher is more anomalous.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPSILON = 1e-7  # pixel probabilities are clipped to [EPSILON, 1 - EPSILON], as Keras does
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(a.shape[0], -1)
+
+
+def reconstruction_mse(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """images, pixels: (n, 28, 28) in [0, 1] -> (n,) float32 mean squared error per image."""
+    return np.mean((_flat(images) - _flat(pixels)) ** 2, axis=1).astype(np.float32)
+
+
+def bernoulli_nll(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """-log p(x | pixels) summed over pixels: images, pixels (n, 28, 28) -> (n,) float64 nats."""
+    x, p = _flat(images), np.clip(_flat(pixels), EPSILON, 1.0 - EPSILON)
+    return -np.sum(x * np.log(p) + (1.0 - x) * np.log1p(-p), axis=1)
+
+
+def gaussian_kl(z_mean: np.ndarray, z_log_var: np.ndarray) -> np.ndarray:
+    """KL(N(z_mean, exp(z_log_var)) || N(0, I)): (n, d), (n, d) -> (n,) float64 nats."""
+    m, lv = np.asarray(z_mean, np.float64), np.asarray(z_log_var, np.float64)
+    return -0.5 * np.sum(1.0 + lv - m**2 - np.exp(lv), axis=1)
+
+
+def negative_elbo(
+    images: np.ndarray, pixels: np.ndarray, z_mean: np.ndarray, z_log_var: np.ndarray
+) -> np.ndarray:
+    """VAE anomaly score (n,) float32: Bernoulli NLL at z = z_mean plus the KL, in nats."""
+    return (bernoulli_nll(images, pixels) + gaussian_kl(z_mean, z_log_var)).astype(np.float32)
+
+
+def calibrate_threshold(scores: np.ndarray, fpr: float) -> float:
+    """The smallest observed score with at most ``fpr`` of ``scores`` strictly above it.
+
+    scores: (n,) scores of normal images (the validation split); anomaly = score > threshold.
+    """
+    scores = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if scores.size == 0:
+        raise ValueError("calibrate_threshold: no scores given")
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"calibrate_threshold: fpr must be in (0, 1), got {fpr}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("calibrate_threshold: scores must be finite")
+    allowed_above = int(np.floor(fpr * scores.size))
+    return float(scores[scores.size - 1 - allowed_above])
+
+
+def false_positive_rate(scores: np.ndarray, threshold: float) -> float:
+    """Fraction of ``scores`` (normal images) flagged as anomalies (score > threshold)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    return float(np.mean(scores > threshold))
