@@ -97,18 +97,23 @@ def save_keras_atomic(model: Any, target: Path) -> None:
         model.save(tmp)
 
 
-def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
-    """Fit one model and write its artifacts; returns the summary written to ``summary.json``."""
-    import keras
+def fit_model(
+    kind: str,
+    cfg: Config,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, dict[str, list[float]], float]:
+    """Build, compile and fit one model; no file I/O.
 
-    from models import submodel
+    train_images, val_images: (n, 28, 28) float32 in [0, 1].
+    Returns (model with the best validation weights, per-epoch history, seconds).
+    """
+    import keras
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     keras.utils.set_random_seed(cfg.train.seed)
-    train_images, _ = load_split(paths.dataset, "train", cfg.data)
-    val_images, _ = load_split(paths.dataset, "validation", cfg.data)
-
     model = build_and_compile(kind, cfg)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=cfg.train.patience, restore_best_weights=True, verbose=1
@@ -122,11 +127,20 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
         make_dataset(train_images, cfg.train.batch_size, shuffle_seed=cfg.train.seed),
         validation_data=make_dataset(val_images, cfg.train.batch_size, shuffle_seed=None),
         epochs=cfg.train.epochs,
-        callbacks=[stopper],
+        callbacks=[stopper, *(callbacks or [])],
         shuffle=False,  # the tf.data pipeline already reshuffles every epoch
         verbose=keras_verbosity(cfg.train.verbose),
     ).history
-    seconds = time.perf_counter() - started
+    return model, history, time.perf_counter() - started
+
+
+def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
+    """Fit one model and write its artifacts; returns the summary written to ``summary.json``."""
+    from models import submodel
+
+    train_images, _ = load_split(paths.dataset, "train", cfg.data)
+    val_images, _ = load_split(paths.dataset, "validation", cfg.data)
+    model, history, seconds = fit_model(kind, cfg, train_images, val_images)
 
     out = paths.model_dir(kind)
     save_keras_atomic(model, out / "model.keras")
