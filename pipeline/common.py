@@ -83,9 +83,34 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        fsync_file(tmp)  # the data reaches the disk before the name does (power cuts)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+TEMPORARY_GLOB = ".*.tmp*"  # the names atomic_path gives its temporary files
+
+
+def remove_stale_temporaries(out: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """Delete the temporary files a killed run left under ``out`` (not under ``skip``)."""
+    removed = []
+    skip_dirs = {Path(p).resolve() for p in skip}
+    for root, dirs, _files in os.walk(out):
+        dirs[:] = [d for d in dirs if (Path(root) / d).resolve() not in skip_dirs]
+        for path in Path(root).glob(TEMPORARY_GLOB):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

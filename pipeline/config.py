@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class TrainConfig:
     verbose: str = (
         "auto"  # "auto" (bar on a terminal, a line per epoch otherwise) | "bar" | "epoch" | "quiet"
     )
+    strategy: str = "default"  # tf.distribute: "default" | "mirrored" | "multi_worker" (TF_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,10 @@ def build_config(raw: dict[str, dict[str, Any]]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
+    for section in SECTIONS:  # TOML allows nan and inf; no setting here means anything with them
+        for key, value in cfg.section(section).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
     positive = {
         "data.train_size": cfg.data.train_size,
         "data.validation_size": cfg.data.validation_size,
@@ -209,6 +215,10 @@ def validate(cfg: Config) -> None:
     if cfg.train.verbose not in ("auto", "bar", "epoch", "quiet"):
         raise ConfigError(
             f"train.verbose must be auto, bar, epoch or quiet, got {cfg.train.verbose!r}"
+        )
+    if cfg.train.strategy not in ("default", "mirrored", "multi_worker"):
+        raise ConfigError(
+            f"train.strategy must be default, mirrored or multi_worker, got {cfg.train.strategy!r}"
         )
     if not 0.0 < cfg.evaluate.anomaly_fpr < 1.0:
         raise ConfigError(f"evaluate.anomaly_fpr must be in (0, 1), got {cfg.evaluate.anomaly_fpr}")
