@@ -68,6 +68,10 @@ class Paths:
         return self.out / "config.toml"
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
@@ -84,6 +88,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)  # the data reaches the disk before the name does (power cuts)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -72,9 +72,37 @@ def get_strategy(name: str) -> Any:
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}'
             )
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = _multi_worker_strategy(tf)
     _cache[name] = strategy
     return strategy
+
+
+def _multi_worker_strategy(tf: Any) -> Any:
+    """``MultiWorkerMirroredStrategy`` whose ``reduce`` takes what Keras 3's ``fit`` gives it.
+
+    Keras reduces a nested (images, targets) batch to build the model, and scalar losses with
+    ``axis=0``; the collective strategy accepts a single value only and no axis on a scalar.
+    So reduce each value on its own, a scalar across replicas only (the mean of the means).
+    """
+
+    class KerasReduceStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op: Any, value: Any, axis: Any = None) -> Any:
+            parent = super()
+
+            def one(v: Any) -> Any:
+                rank = self.experimental_local_results(v)[0].shape.rank
+                return parent.reduce(reduce_op, v, axis=None if rank == 0 else axis)
+
+            return tf.nest.map_structure(one, value)
+
+    return KerasReduceStrategy()
+
+
+def jit_supported(strategy: Any) -> bool:
+    """False where XLA cannot compile the all-reduce: several replicas and no GPU."""
+    import tensorflow as tf
+
+    return strategy.num_replicas_in_sync == 1 or bool(tf.config.list_physical_devices("GPU"))
 
 
 def describe(strategy: Any) -> str:

@@ -30,6 +30,7 @@ from pipeline.common import (
 )
 from pipeline.config import Config
 from pipeline.data import load_split
+from pipeline.distribute import describe, get_strategy, jit_supported
 
 KINDS = ("ae", "vae")
 MODEL_FILES = ("model.keras", "encoder.keras", "decoder.keras")
@@ -67,8 +68,11 @@ def make_dataset(images: np.ndarray, batch_size: int, shuffle_seed: int | None) 
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def build_and_compile(kind: str, cfg: Config) -> Any:
-    """A fresh, compiled autoencoder (``kind="ae"``) or VAE (``kind="vae"``)."""
+def build_and_compile(kind: str, cfg: Config, jit_compile: bool | None = None) -> Any:
+    """A fresh, compiled autoencoder (``kind="ae"``) or VAE (``kind="vae"``).
+
+    jit_compile: None follows ``cfg.train.jit_compile``.
+    """
     import keras
 
     from models import SummedBinaryCrossentropy, build_autoencoder, build_vae
@@ -79,7 +83,7 @@ def build_and_compile(kind: str, cfg: Config) -> Any:
         optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
         loss=SummedBinaryCrossentropy(),
         metrics=[keras.metrics.MeanSquaredError(name="mse")],
-        jit_compile=cfg.train.jit_compile,
+        jit_compile=cfg.train.jit_compile if jit_compile is None else jit_compile,
     )
     return model
 
@@ -192,8 +196,11 @@ def _build_or_resume(
     import keras
 
     keras.utils.set_random_seed(cfg.train.seed)
+    jit = cfg.train.jit_compile and jit_supported(strategy)
+    if cfg.train.jit_compile and not jit:
+        print(f"train_{kind}: XLA off: it has no CPU collectives for {describe(strategy)}")
     with strategy.scope():
-        model = build_and_compile(kind, cfg)
+        model = build_and_compile(kind, cfg, jit_compile=jit)
     found = store.load() if store is not None else None
     if found is None:
         return model, TrainingState(store.key if store else "", cfg.train.seed), None
@@ -232,8 +239,6 @@ def fit_model(
     found there with the same ``checkpoint_key`` is resumed from (its last complete epoch).
     Returns (model with the best validation weights, per-epoch history, seconds of training).
     """
-    from pipeline.distribute import describe, get_strategy
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     strategy = get_strategy(cfg.train.strategy)  # before any other TF work (multi-worker)
