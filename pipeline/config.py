@@ -99,6 +99,9 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
+INT_LIMIT = 2**31 - 1  # every int setting ends up in a TensorFlow int32 or well below
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against the field's type; ints widen to floats, lists become tuples."""
     origin = typing.get_origin(annotation)
@@ -108,9 +111,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
         return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value} is too large for a float") from None
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got bool {value!r}")
+    if annotation is int and isinstance(value, int) and not -INT_LIMIT <= value <= INT_LIMIT:
+        raise ConfigError(f"{key}: {value} is out of range (at most {INT_LIMIT:,} in size)")
     if not isinstance(value, annotation):
         raise ConfigError(
             f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
@@ -132,9 +140,12 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override {text!r}: expected section.key=value")
     section, key = dotted.strip().split(".")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        parsed = tomllib.loads(f"v = {raw.strip()}")
     except tomllib.TOMLDecodeError:
-        value = raw.strip()  # bare words such as conv or auto
+        parsed = {"v": raw.strip()}  # bare words such as conv or auto
+    if set(parsed) != {"v"}:
+        raise ConfigError(f"override {text!r}: the value must be a single TOML value")
+    value = parsed["v"]
     return section, key, value
 
 
