@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -87,6 +88,13 @@ class StageError(RuntimeError):
 
 
 LOCK_FILE = ".lock"
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file size limit is reached",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission to write there",
+}
 # errors whose message says it all: no traceback for these
 EXPLAINED_ERRORS: tuple[type[BaseException], ...] = (
     ingest.MirrorError,
@@ -96,14 +104,15 @@ EXPLAINED_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def describe_error(err: BaseException) -> str:
-    """``err`` as one line; a full or unwritable disk says so, naming the file where known."""
-    text = f"{err}" if isinstance(err, EXPLAINED_ERRORS) else f"{type(err).__name__}: {err}"
-    codes = {errno.ENOSPC: "disk full", errno.EFBIG: "file too large", errno.EDQUOT: "quota"}
-    codes |= {errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+    """``err`` as one line; a full or unwritable disk says so and names the file."""
+    text = " ".join(str(err).split())  # h5py's messages span lines
     code = getattr(err, "errno", None)
-    if code in codes and codes[code] not in text.lower():
-        text += f" ({codes[code]})"
-    return text
+    if isinstance(err, OSError) and code in WRITE_ERRNOS:
+        found = re.search(r"filename = '([^']+)'", text)  # h5py names the file in its text
+        filename = err.filename or (found.group(1) if found else None)
+        where = f"cannot write {filename}" if filename else "cannot write"
+        return f"{where}: {os.strerror(code)} (errno {code}: {WRITE_ERRNOS[code]})"
+    return text if isinstance(err, EXPLAINED_ERRORS) else f"{type(err).__name__}: {text}"
 
 
 @contextlib.contextmanager
@@ -250,7 +259,7 @@ def _run_locked(
                 results[name] = {
                     "status": "failed",
                     "seconds": round(seconds, 2),
-                    "error": f"{type(err).__name__}: {err}",
+                    "error": describe_error(err),
                 }
                 run_info["stages"].update(results)
                 with contextlib.suppress(OSError):  # a full disk may refuse run.json too
