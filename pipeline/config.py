@@ -48,7 +48,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1234  # seeds Python, NumPy, TensorFlow and Keras; one place
-    epochs: int = 60  # upper bound; early stopping usually ends sooner
+    epochs: int = 30  # upper bound; early stopping may end sooner
     batch_size: int = 128
     learning_rate: float = 1e-3
     patience: int = 5  # epochs without val-loss improvement before stopping
