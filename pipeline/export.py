@@ -174,6 +174,30 @@ def quantize(fp32: Path, int8: Path) -> None:
     quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
 
 
+def measure_drift(fp32: Path, int8: Path, z: np.ndarray) -> dict[str, float]:
+    """Pixel drift |int8 - fp32| of a decoder on latents z (n, d), in one batch and one by one.
+
+    Dynamic quantization scales the activations by each batch's own range, so the int8 pixels
+    of a latent depend slightly on the batch it is decoded in; both ways are recorded.
+    """
+    batch = np.abs(_run(int8, z)[0] - _run(fp32, z)[0])
+    s8, s32 = _session(int8), _session(fp32)
+    name = s8.get_inputs()[0].name
+    single = max(
+        float(
+            np.abs(
+                s8.run(None, {name: z[i : i + 1]})[0] - s32.run(None, {name: z[i : i + 1]})[0]
+            ).max()
+        )
+        for i in range(len(z))
+    )
+    return {
+        "max_abs": float(batch.max()),
+        "mean_abs": float(batch.mean()),
+        "max_abs_one_at_a_time": single,
+    }
+
+
 def _latent_inputs(z_test: np.ndarray, seed: int) -> np.ndarray:
     """Decoder inputs for the checks: encoded test digits plus draws from the prior."""
     prior = np.random.default_rng(seed).standard_normal((PRIOR_SAMPLES, z_test.shape[1]))
@@ -220,22 +244,25 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
             fp32_path = folder / f"{kind}_decoder.onnx"
             int8_path = folder / f"{kind}_decoder.int8.onnx"
             quantize(fp32_path, int8_path)
-            drift = np.abs(_run(int8_path, z)[0] - _run(fp32_path, z)[0])
+            # the latents a deployment would decode: the exported encoder's, plus prior draws
+            z_ort = _latent_inputs(_run(folder / f"{kind}_encoder.onnx", images)[0], cfg.train.seed)
+            drift = measure_drift(fp32_path, int8_path, z_ort)
             entries[f"{kind}_decoder_int8"] = {
                 "file": int8_path.name,
                 "precision": "int8",
                 "quantization": "onnxruntime quantize_dynamic, QInt8 weights",
                 "drift_vs_fp32": {
-                    "max_abs": float(drift.max()),
-                    "mean_abs": float(drift.mean()),
-                    "inputs": f"z of the first {len(images)} test digits and "
-                    f"{PRIOR_SAMPLES} prior draws (seed {cfg.train.seed})",
+                    **drift,
+                    "test_digits": len(images),
+                    "prior_draws": PRIOR_SAMPLES,
+                    "seed": cfg.train.seed,
                 },
             }
             print(
                 f"export: {kind}_decoder int8: {int8_path.stat().st_size:,} bytes "
-                f"(fp32 {fp32_path.stat().st_size:,}), pixel drift max {drift.max():.4f} "
-                f"mean {drift.mean():.5f}"
+                f"(fp32 {fp32_path.stat().st_size:,}), pixel drift max {drift['max_abs']:.4f} "
+                f"mean {drift['mean_abs']:.5f} (one at a time: max "
+                f"{drift['max_abs_one_at_a_time']:.4f})"
             )
     for entry in entries.values():
         entry.update(_io_spec(folder / entry["file"]))
