@@ -97,7 +97,8 @@ def cmd_info(bundle: Bundle, args: argparse.Namespace) -> int:
         print(
             f"anomaly     {kind}: {a[kind]['score']} > {a[kind]['threshold']:.6g} (fpr {a['fpr']})"
         )
-    print(f"parity      max |ORT - Keras| {max(m['parity']['max_abs_diff'].values()):.2e}")
+    worst = max(v["max_abs_diff"] for v in m["parity"]["models"].values())
+    print(f"parity      max |ORT - Keras| {worst:.2e} on {m['parity']['samples']} test digits")
     return 0
 
 

