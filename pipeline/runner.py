@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import evaluate, ingest, train
+from pipeline import export as export_stage
 from pipeline.common import (
     Paths,
     library_versions,
@@ -79,6 +80,13 @@ STAGES: dict[str, Stage] = {
         ("data", "evaluate"),
         evaluate.evaluate_inputs,
         evaluate.evaluate_outputs,
+    ),
+    "export": Stage(
+        "export",
+        export_stage.run,
+        ("data", "train", "evaluate", "export"),  # train: the seed of the prior draws
+        export_stage.export_inputs,
+        export_stage.export_outputs,
     ),
 }
 

@@ -57,10 +57,31 @@ def run_cli(args: list[str], env_extra: dict[str, str] | None = None, check: boo
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, mirror: Path, tfds_dir: Path) -> Path:
-    """Artifacts of one smoke-config run of every stage (real MNIST, a few hundred images)."""
-    out = tmp_path_factory.mktemp("smoke")
+    """Artifacts of one smoke-config run of every stage (real MNIST, a few hundred images).
+
+    Written to $SMOKE_RUN_DIR when set (``make test`` then reuses its export bundle in the
+    runtime-only environment), else to a fresh temporary folder.
+    """
+    out_env = os.environ.get("SMOKE_RUN_DIR")
+    out = Path(out_env).resolve() if out_env else tmp_path_factory.mktemp("smoke")
     run_cli(
         ["--config", str(SMOKE_CONFIG), "--out", str(out), "--mirror", str(mirror)],
         env_extra={"TFDS_DATA_DIR": str(tfds_dir)},
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def export_run(request: pytest.FixtureRequest) -> Path:
+    """A run folder holding ``export/``, ``eval/`` and ``data/mnist.npz`` from the smoke config.
+
+    $EXPORT_RUN names one made beforehand (the runtime-only environment cannot run the
+    pipeline); otherwise the ``smoke_run`` fixture makes it.
+    """
+    env = os.environ.get("EXPORT_RUN")
+    if env:
+        path = Path(env).resolve()
+        if not (path / "export" / "manifest.json").is_file():
+            pytest.fail(f"EXPORT_RUN={env} holds no export/manifest.json")
+        return path
+    return request.getfixturevalue("smoke_run")

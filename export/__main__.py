@@ -1,0 +1,252 @@
+"""Command line of the runtime: inspect a bundle, generate digits, encode and score images.
+
+    python -m export info --bundle artifacts/export
+    python -m export generate --n 100 --out digits.png          # 10 x 10 draws from the prior
+    python -m export generate --grid 10 --out grid.png          # the latent plane, 10 x 10
+    python -m export generate --z "0.4,0.4" --out one.png       # decode given latents (";" between)
+    python -m export encode t10k-images-idx3-ubyte.gz --out latents.csv
+    python -m export score pngs/ more.npy --model vae --out scores.csv
+
+The bundle is ``--bundle DIR``, else ``$MNIST_VAE_BUNDLE``, else ``artifacts/export``. Inputs
+are read chunk by chunk (see ``export.inputs``), so scoring a large file needs little memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from export.bundle import MODELS, PRECISIONS, Bundle, BundleError
+from export.images import save_grid
+from export.inputs import DEFAULT_CHUNK, Chunk, InputError, iter_chunks
+
+DEFAULT_BUNDLE = "artifacts/export"
+
+
+class _Progress:
+    """A one-line image counter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.count = label, 0
+        self.live = sys.stderr.isatty()
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.live:
+            print(f"\r{self.label}: {self.count:,} images", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.live:
+            print(file=sys.stderr)
+
+
+def _parse_z(text: str) -> np.ndarray:
+    """``"0.4,0.4;-1,2"`` -> [[0.4, 0.4], [-1, 2]] float32."""
+    try:
+        rows = [[float(v) for v in row.split(",")] for row in text.split(";") if row.strip()]
+        return np.array(rows, dtype=np.float32)
+    except ValueError:
+        raise InputError(
+            f"--z {text!r}: expected numbers like 0.4,0.4 (';' between latents)"
+        ) from None
+
+
+def _atomic_writer(path: Path) -> tuple[Path, Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_name(f".{path.name}.tmp")
+
+
+def _chunks(args: argparse.Namespace, label: str) -> Iterator[Chunk]:
+    progress = _Progress(label)
+    try:
+        for chunk in iter_chunks(args.inputs, args.chunk_size):
+            yield chunk
+            progress.add(len(chunk.images))
+    finally:
+        progress.close()
+
+
+def cmd_info(bundle: Bundle, args: argparse.Namespace) -> int:
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"bundle      {bundle.directory} (format {m['format_version']}, created {m['created']})")
+    print(f"latent_dim  {m['latent_dim']}")
+    print(f"input       28x28 float32 in [0, 1]; uint8 {m['input']['uint8']}")
+    print("models")
+    for role, entry in m["models"].items():
+        size = m["files"][entry["file"]]["bytes"]
+        ins = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in entry["inputs"])
+        outs = ", ".join(f"{o['name']}{tuple(o['shape'])}" for o in entry["outputs"])
+        line = f"  {role:<17} {entry['precision']:<5} {size:>10,} B  {ins} -> {outs}"
+        if "drift_vs_fp32" in entry:
+            d = entry["drift_vs_fp32"]
+            line += f"  drift max {d['max_abs']:.4f} mean {d['mean_abs']:.5f}"
+        print(line)
+    a = m["anomaly"]
+    for kind in MODELS:
+        print(
+            f"anomaly     {kind}: {a[kind]['score']} > {a[kind]['threshold']:.6g} (fpr {a['fpr']})"
+        )
+    worst = max(v["max_abs_diff"] for v in m["parity"]["models"].values())
+    print(f"parity      max |ORT - Keras| {worst:.2e} on {m['parity']['samples']} test digits")
+    return 0
+
+
+def cmd_generate(bundle: Bundle, args: argparse.Namespace) -> int:
+    if args.z is not None:
+        images = bundle.generate(_parse_z(args.z), args.model)
+    elif args.grid is not None:
+        images = bundle.grid(args.grid, args.model)
+    else:
+        if args.model != "vae":
+            raise InputError("--n samples the VAE prior; use --grid or --z with --model ae")
+        images = bundle.sample(args.n, args.seed)
+    out = Path(args.out)
+    if out.suffix.lower() == ".npy":
+        path, tmp = _atomic_writer(out)
+        with tmp.open("wb") as fh:
+            np.save(fh, images)
+        tmp.replace(path)
+    elif out.suffix.lower() == ".png":
+        columns = args.grid if args.grid is not None else args.columns
+        save_grid(images, out, columns=columns, scale=args.scale)
+    else:
+        raise InputError(f"--out {out}: expected a .png or .npy file")
+    print(f"wrote {len(images)} digits to {out}")
+    return 0
+
+
+def cmd_encode(bundle: Bundle, args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    d = bundle.latent_dim
+    if out.suffix.lower() == ".npy":
+        z = np.concatenate([bundle.encode(c.images, args.model) for c in _chunks(args, "encode")])
+        path, tmp = _atomic_writer(out)
+        with tmp.open("wb") as fh:
+            np.save(fh, z)
+        tmp.replace(path)
+        print(f"wrote {len(z)} latents {z.shape} to {out}")
+        return 0
+    if out.suffix.lower() != ".csv":
+        raise InputError(f"--out {out}: expected a .csv or .npy file")
+    header = ["source", "index", *(f"z_{i}" for i in range(d))]
+    if args.model == "vae":
+        header += [f"z_log_var_{i}" for i in range(d)]
+    path, tmp = _atomic_writer(out)
+    n = 0
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for chunk in _chunks(args, "encode"):
+                if args.model == "vae":
+                    z_mean, z_log_var = bundle.posterior(chunk.images)
+                    values = np.concatenate([z_mean, z_log_var], axis=1)
+                else:
+                    values = bundle.encode(chunk.images, "ae")
+                for i, row in enumerate(values):
+                    writer.writerow([chunk.source, chunk.start + i, *(f"{v:.7g}" for v in row)])
+                n += len(values)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {n} latents to {out}")
+    return 0
+
+
+def cmd_score(bundle: Bundle, args: argparse.Namespace) -> int:
+    threshold = bundle.threshold(args.model)
+    chunks = _chunks(args, "score")
+    first = next(chunks)  # input errors surface before any output is written
+    to_stdout = args.out in (None, "-")
+    path, tmp = (None, None) if to_stdout else _atomic_writer(Path(args.out))
+    fh = sys.stdout if to_stdout else tmp.open("w", newline="")
+    n = flagged = 0
+    try:
+        writer = csv.writer(fh)
+        writer.writerow(["source", "index", "score", "anomaly"])
+        for chunk in itertools.chain([first], chunks):
+            scores = bundle.score(chunk.images, args.model)
+            for i, s in enumerate(scores):
+                writer.writerow([chunk.source, chunk.start + i, f"{s:.7g}", int(s > threshold)])
+            n += len(scores)
+            flagged += int((scores > threshold).sum())
+        if not to_stdout:
+            fh.close()
+            tmp.replace(path)
+    finally:
+        if not to_stdout:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+    print(
+        f"scored {n} images with the {args.model} ({bundle.manifest['anomaly'][args.model]['score']}): "
+        f"{flagged} above the threshold {threshold:.6g} (calibrated at fpr "
+        f"{bundle.manifest['anomaly']['fpr']})" + ("" if to_stdout else f"; wrote {args.out}"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--bundle",
+        type=Path,
+        default=Path(os.environ.get("MNIST_VAE_BUNDLE", DEFAULT_BUNDLE)),
+        help="export bundle folder (default: $MNIST_VAE_BUNDLE or artifacts/export)",
+    )
+    common.add_argument("--precision", choices=PRECISIONS, default="fp32", help="decoder precision")
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", parents=[common], help="describe the bundle")
+    info.add_argument("--json", action="store_true", help="print the whole manifest")
+
+    gen = sub.add_parser("generate", parents=[common], help="decode latents into digits")
+    what = gen.add_mutually_exclusive_group()
+    what.add_argument("--n", type=int, default=100, help="digits drawn from the VAE prior")
+    what.add_argument("--grid", type=int, metavar="SIDE", help="SIDE x SIDE latent-plane grid")
+    what.add_argument("--z", help='latents to decode: "0.4,0.4" or "0,0;1,-1"')
+    gen.add_argument("--model", choices=MODELS, default="vae")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+    gen.add_argument("--columns", type=int, help="digits per row of the PNG (default: square)")
+    gen.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times")
+    gen.add_argument("--out", required=True, help=".png grid or .npy array (n, 28, 28)")
+
+    for name, help_ in (("encode", "images -> latents"), ("score", "images -> anomaly scores")):
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy .npz IDX .png folder .csv")
+        p.add_argument("--model", choices=MODELS, default="vae")
+        p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="images per batch")
+        if name == "encode":
+            p.add_argument("--out", required=True, help=".csv (source, index, z_...) or .npy")
+        else:
+            p.add_argument("--out", help="scores .csv (default: standard output)")
+    return parser
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "encode": cmd_encode, "score": cmd_score}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        bundle = Bundle.load(args.bundle, precision=args.precision)
+        return COMMANDS[args.command](bundle, args)
+    except (InputError, BundleError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""A loaded export bundle: the ONNX encoders and decoders, their manifest, and what they compute.
+
+    bundle = Bundle.load("artifacts/export")            # checks every sha256 first
+    digits = bundle.sample(16, seed=0)                  # (16, 28, 28) float32 from the VAE prior
+    z = bundle.encode(images, model="vae")              # (n, latent_dim): the posterior mean
+    flags = bundle.is_anomaly(images, model="vae")      # (n,) bool at the calibrated threshold
+
+``precision="int8"`` swaps in the dynamically quantized decoders (encoders stay fp32). The
+anomaly thresholds were calibrated with the fp32 models; int8 scores move by the recorded drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from export import scoring
+from export.inputs import as_images
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+MODELS = ("ae", "vae")
+PRECISIONS = ("fp32", "int8")
+SCORES = {"ae": "reconstruction_mse", "vae": "negative_elbo"}
+BATCH = 4096  # rows per session.run call; bounds memory for large inputs
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used: missing or altered file, unknown format or model."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Session:
+    """One ONNX Runtime session and the names it reads and writes."""
+
+    session: ort.InferenceSession
+    input_name: str
+    output_names: list[str]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = [
+            self.session.run(self.output_names, {self.input_name: x[i : i + BATCH]})
+            for i in range(0, max(len(x), 1), BATCH)
+        ]
+        return {
+            name: np.concatenate([p[k] for p in parts], axis=0)
+            for k, name in enumerate(self.output_names)
+        }
+
+
+def _open_session(path: Path) -> _Session:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _Session(
+        session,
+        session.get_inputs()[0].name,
+        [o.name for o in session.get_outputs()],
+    )
+
+
+def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Check every file the manifest lists against its sha256 and size; raise naming the file.
+
+    The ONNX models must be present; the other files (the ``.keras`` models under ``keras/``)
+    may be left out of a device's copy, since the runtime never reads them.
+    """
+    required = {entry["file"] for entry in manifest["models"].values()}
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            if name not in required:
+                continue
+            raise BundleError(f"{path}: missing (listed in {MANIFEST})")
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            raise BundleError(
+                f"{path}: sha256 does not match {MANIFEST}; the file was altered or corrupted"
+            )
+
+
+class Bundle:
+    """The exported AE and VAE as ONNX Runtime sessions (CPU), one per model, created once."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], precision: str) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.precision = precision
+        self.latent_dim = int(manifest["latent_dim"])
+        self._sessions: dict[str, _Session] = {}
+        for kind in MODELS:
+            for part in ("encoder", "decoder"):
+                role = f"{kind}_{part}"
+                if part == "decoder" and precision == "int8":
+                    role += "_int8"
+                self._sessions[f"{kind}_{part}"] = _open_session(
+                    directory / manifest["models"][role]["file"]
+                )
+
+    @classmethod
+    def load(cls, directory: str | Path, precision: str = "fp32") -> Bundle:
+        """Read ``directory/manifest.json``, verify every listed file, then open the sessions."""
+        directory = Path(directory)
+        if precision not in PRECISIONS:
+            raise BundleError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        manifest_path = directory / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise BundleError(
+                f"{manifest_path}: missing; is {directory} an export bundle?"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{manifest_path}: format_version {version!r}, this runtime reads {FORMAT_VERSION}"
+            )
+        if precision == "int8" and not all(
+            f"{k}_decoder_int8" in manifest["models"] for k in MODELS
+        ):
+            raise BundleError(f"{directory}: the bundle has no int8 decoders")
+        verify_files(directory, manifest)
+        return cls(directory, manifest, precision)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_model(self, model: str) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+
+    def _check_z(self, z: Any) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim == 1:
+            z = z[np.newaxis]
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z has shape {z.shape}, expected (n, {self.latent_dim})")
+        if not np.isfinite(z).all():
+            raise ValueError("z holds NaN or inf")
+        return z
+
+    def threshold(self, model: str = "vae") -> float:
+        """The anomaly threshold of ``model``'s score, calibrated by the evaluate stage."""
+        self._check_model(model)
+        return float(self.manifest["anomaly"][model]["threshold"])
+
+    # -- the models ----------------------------------------------------------------------------
+
+    def generate(self, z: Any, model: str = "vae") -> np.ndarray:
+        """Decode latents z (n, latent_dim) -> pixels (n, 28, 28) float32 in [0, 1]."""
+        self._check_model(model)
+        return self._sessions[f"{model}_decoder"].run(self._check_z(z))["pixels"]
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` digits decoded from z ~ N(0, I), the VAE prior: (n, 28, 28) float32."""
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+        z = np.random.default_rng(seed).standard_normal((n, self.latent_dim))
+        return self.generate(z, "vae")
+
+    def grid_latents(self, side: int, model: str = "vae") -> np.ndarray:
+        """(side * side, latent_dim): a side x side lattice over the first two latent axes.
+
+        The lattice spans the box in the manifest (VAE: prior quantiles, AE: percentiles of the
+        test latents); other axes sit at the box centre. Row-major, top row = highest z[1].
+        """
+        self._check_model(model)
+        if side <= 0:
+            raise ValueError(f"side must be positive, got {side}")
+        box = self.manifest["latent_boxes"][model]
+        low, high = np.asarray(box["low"], np.float32), np.asarray(box["high"], np.float32)
+        z = np.tile((low + high) / 2, (side * side, 1))
+        xs = np.linspace(low[0], high[0], side, dtype=np.float32)
+        z[:, 0] = np.tile(xs, side)
+        if self.latent_dim > 1:
+            ys = np.linspace(high[1], low[1], side, dtype=np.float32)
+            z[:, 1] = np.repeat(ys, side)
+        return z
+
+    def grid(self, side: int = 10, model: str = "vae") -> np.ndarray:
+        """Digits decoded over the latent lattice of ``grid_latents``: (side * side, 28, 28)."""
+        return self.generate(self.grid_latents(side, model), model)
+
+    def posterior(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """VAE encoder: images -> z_mean, z_log_var, each (n, latent_dim) float32."""
+        out = self._sessions["vae_encoder"].run(as_images(images))
+        return out["z_mean"], out["z_log_var"]
+
+    def encode(self, images: Any, model: str = "vae") -> np.ndarray:
+        """images (n, 28, 28) (or any accepted layout) -> z (n, latent_dim); VAE: z_mean."""
+        self._check_model(model)
+        if model == "vae":
+            return self.posterior(images)[0]
+        return self._sessions["ae_encoder"].run(as_images(images))["z"]
+
+    def reconstruct(self, images: Any, model: str = "vae") -> np.ndarray:
+        """Encode then decode (the VAE decodes z_mean): (n, 28, 28) float32."""
+        return self.generate(self.encode(images, model), model)
+
+    def score(self, images: Any, model: str = "vae") -> np.ndarray:
+        """Anomaly score (n,) float32, higher is more anomalous (see ``export.scoring``).
+
+        AE: mean squared reconstruction error. VAE: negative ELBO at z_mean, in nats.
+        """
+        self._check_model(model)
+        images = as_images(images)
+        if model == "ae":
+            return scoring.reconstruction_mse(images, self.reconstruct(images, "ae"))
+        z_mean, z_log_var = self.posterior(images)
+        return scoring.negative_elbo(images, self.generate(z_mean, "vae"), z_mean, z_log_var)
+
+    def is_anomaly(self, images: Any, model: str = "vae") -> np.ndarray:
+        """(n,) bool: score above the manifest threshold (calibrated at ``anomaly.fpr``)."""
+        return self.score(images, model) > self.threshold(model)
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.directory)!r}, precision={self.precision!r})"

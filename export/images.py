@@ -1,0 +1,59 @@
+"""Digits to pictures with Pillow: tile a batch into one grid and save it as PNG.
+
+save_grid(bundle.grid(10), "grid.png")             # 10 x 10 digits, white on black
+save_grid(bundle.sample(36, seed=0), "s.png", scale=3)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def tile(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """images (n, 28, 28) float in [0, 1] -> one uint8 picture (rows * 30 - 2, columns * 30 - 2).
+
+    ``columns`` defaults to ceil(sqrt(n)); empty cells stay black; ``padding`` black pixels
+    separate the digits.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise ValueError(f"images has shape {images.shape}, expected (n, height, width), n > 0")
+    n, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    if columns <= 0:
+        raise ValueError(f"columns must be positive, got {columns}")
+    rows = math.ceil(n / columns)
+    canvas = np.zeros((rows * (h + padding) - padding, columns * (w + padding) - padding), np.uint8)
+    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        canvas[
+            r * (h + padding) : r * (h + padding) + h, c * (w + padding) : c * (w + padding) + w
+        ] = pixels[i]
+    return canvas
+
+
+def save_grid(
+    images: np.ndarray,
+    path: str | Path,
+    columns: int | None = None,
+    scale: int = 1,
+    padding: int = 2,
+) -> Path:
+    """Write ``tile(images, columns, padding)`` as an 8-bit grayscale PNG, ``scale`` x enlarged."""
+    from PIL import Image
+
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    picture = Image.fromarray(tile(images, columns, padding))  # uint8 2-D: mode "L"
+    if scale != 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    picture.save(tmp, format="PNG")
+    tmp.replace(path)  # readers never see a half-written picture
+    return path

@@ -1,0 +1,131 @@
+"""The export stage on the smoke run: ONNX files and names, the manifest, parity of the runtime
+with the Keras models on real test digits, and a failed parity check that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.bundle import Bundle
+from pipeline.common import sha256_file, sha256_json
+from pipeline.config import load_config
+from pipeline.data import load_split
+from tests.conftest import SMOKE_CONFIG, run_cli
+
+pytestmark = pytest.mark.slow
+
+NAMES = {
+    "ae_encoder": (["images"], ["z"]),
+    "ae_decoder": (["z"], ["pixels"]),
+    "vae_encoder": (["images"], ["z_mean", "z_log_var"]),
+    "vae_decoder": (["z"], ["pixels"]),
+}
+
+
+def test_onnx_models_have_readable_names_dynamic_batch_and_opset(smoke_run: Path):
+    import onnx
+
+    for role, (inputs, outputs) in NAMES.items():
+        for suffix in (".onnx", ".int8.onnx") if role.endswith("decoder") else (".onnx",):
+            model = onnx.load(smoke_run / "export" / f"{role}{suffix}")
+            onnx.checker.check_model(model)
+            assert [i.name for i in model.graph.input] == inputs, role
+            assert [o.name for o in model.graph.output] == outputs, role
+            for value in (*model.graph.input, *model.graph.output):
+                assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+            opsets = {op.domain: op.version for op in model.opset_import}
+            assert opsets.get("", opsets.get("ai.onnx")) == 17
+
+
+def test_manifest_records_files_thresholds_boxes_and_config(smoke_run: Path):
+    export_dir = smoke_run / "export"
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    metrics = json.loads((smoke_run / "eval" / "metrics.json").read_text())
+    boxes = json.loads((smoke_run / "eval" / "latent_boxes.json").read_text())
+    cfg = load_config(SMOKE_CONFIG)
+    assert manifest["format_version"] == 1 and manifest["latent_dim"] == cfg.model.latent_dim
+    assert manifest["anomaly"]["fpr"] == cfg.evaluate.anomaly_fpr
+    for kind in ("ae", "vae"):
+        assert manifest["anomaly"][kind]["threshold"] == metrics[f"{kind}.anomaly_threshold"]
+    assert manifest["latent_boxes"] == boxes
+    assert manifest["config_fingerprint"] == sha256_json(cfg.to_dict())
+    assert {"tensorflow", "tf2onnx", "onnxruntime", "numpy"} <= set(manifest["versions"])
+    assert manifest["parity"]["samples"] == cfg.export.parity_samples
+    assert set(manifest["parity"]["models"]) == set(NAMES)
+    for result in manifest["parity"]["models"].values():
+        assert result["worst_ratio_to_tolerance"] <= 1.0, result
+    on_disk = {
+        p.relative_to(export_dir).as_posix()
+        for p in export_dir.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(export_dir / name)
+        assert entry["bytes"] == (export_dir / name).stat().st_size
+    for kind in ("ae", "vae"):
+        for name in ("model", "encoder", "decoder"):
+            copy = export_dir / "keras" / f"{kind}_{name}.keras"
+            assert sha256_file(copy) == sha256_file(smoke_run / kind / f"{name}.keras")
+    for role, (inputs, outputs) in NAMES.items():
+        entry = manifest["models"][role]
+        assert [i["name"] for i in entry["inputs"]] == inputs
+        assert [o["name"] for o in entry["outputs"]] == outputs
+        assert entry["inputs"][0]["shape"][0] == "batch" and entry["opset"] == 17
+    assert manifest["models"]["vae_encoder"]["inputs"][0]["shape"] == ["batch", 28, 28]
+    record = json.loads((smoke_run / "stages" / "export.json").read_text())
+    assert "export/manifest.json" in record["outputs"]
+    assert "export/vae_decoder.int8.onnx" in record["outputs"]
+
+
+def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
+    from pipeline.common import Paths
+    from pipeline.evaluate import anomaly_scores, encode_decode, load_models
+
+    models = load_models(Paths(smoke_run))
+    images, _ = load_split(smoke_run / "data" / "mnist.npz", "test")
+    bundle = Bundle.load(smoke_run / "export")
+    for kind in ("ae", "vae"):
+        keras_out = encode_decode(models, kind, images)
+        np.testing.assert_allclose(
+            bundle.encode(images, kind), keras_out["z"], atol=1e-5, rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            bundle.reconstruct(images, kind),
+            keras_out["pixels"],
+            atol=1e-5,
+            rtol=1e-6,
+            err_msg=kind,
+        )
+        np.testing.assert_allclose(
+            bundle.score(images, kind), anomaly_scores(images, keras_out, kind), rtol=1e-4
+        )
+        z = np.random.default_rng(0).standard_normal((64, bundle.latent_dim)).astype(np.float32)
+        expected = models[f"{kind}_decoder"].predict(z, verbose=0)
+        np.testing.assert_allclose(bundle.generate(z, kind), expected, atol=1e-5, rtol=1e-6)
+    z_mean, z_log_var = bundle.posterior(images)
+    keras_mean, keras_log_var = models["vae_encoder"].predict(images, verbose=0)
+    np.testing.assert_allclose(z_log_var, keras_log_var, atol=1e-5, rtol=1e-6)
+
+
+def test_rerun_skips_and_failed_parity_writes_nothing(smoke_run: Path, tmp_path: Path):
+    out = Path(shutil.copytree(smoke_run, tmp_path / "run"))
+    base = ["--config", str(SMOKE_CONFIG), "--out", str(out), "--stages", "export"]
+    assert "[export] up to date" in run_cli(base).stdout
+    before = {p: sha256_file(p) for p in (out / "export").rglob("*") if p.is_file()}
+    strict = ["--set", "export.parity_atol=1e-12", "--set", "export.parity_rtol=0"]
+    proc = run_cli([*base, *strict], check=False)
+    assert proc.returncode == 1
+    assert "ONNX Runtime differs from Keras by" in proc.stderr
+    assert "beyond export.parity_atol = 1e-12 + parity_rtol = 0 x |Keras|; nothing written" in (
+        proc.stderr
+    )
+    after = {p: sha256_file(p) for p in (out / "export").rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".export.")]
+    info = json.loads((out / "run.json").read_text())
+    assert info["stages"]["export"]["status"] == "failed"
