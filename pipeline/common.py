@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,17 +104,24 @@ def fsync_file(path: Path) -> None:
 
 
 TEMPORARY_GLOB = ".*.tmp*"  # the names atomic_path gives its temporary files
+# and the folders a stage builds or retires beside its real output (``.export.tmp.*``,
+# ``.export.old.*``)
+TEMPORARY_GLOBS = (TEMPORARY_GLOB, ".*.old.*")
 
 
 def remove_stale_temporaries(out: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
-    """Delete the temporary files a killed run left under ``out`` (not under ``skip``)."""
+    """Delete the temporary files and folders a killed run left under ``out`` (not in ``skip``)."""
     removed = []
     skip_dirs = {Path(p).resolve() for p in skip}
     for root, dirs, _files in os.walk(out):
         dirs[:] = [d for d in dirs if (Path(root) / d).resolve() not in skip_dirs]
-        for path in Path(root).glob(TEMPORARY_GLOB):
-            if path.is_file():
-                path.unlink(missing_ok=True)
+        for pattern in TEMPORARY_GLOBS:
+            for path in Path(root).glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirs[:] = [d for d in dirs if d != path.name]
+                else:
+                    path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
 

@@ -234,7 +234,7 @@ def _run_locked(
 ) -> dict[str, dict[str, Any]]:
     stale = remove_stale_temporaries(paths.out, skip=(paths.tfds_data_dir,))
     if stale:
-        print(f"removed {len(stale)} temporary file(s) left by an interrupted run")
+        print(f"removed {len(stale)} temporary file(s) or folder(s) left by an interrupted run")
     try:
         write_text_atomic(paths.config_toml, config_to_toml(cfg))
     except OSError as err:

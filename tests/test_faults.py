@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import TEMPORARY_GLOB, sha256_file
+from pipeline.common import TEMPORARY_GLOB, TEMPORARY_GLOBS, sha256_file
 from pipeline.runner import locked_out
 from tests.conftest import REPO, SMOKE_CONFIG, run_cli
 
@@ -66,8 +66,11 @@ def _wait_for(log: Path, proc: subprocess.Popen, marker: str, timeout: float) ->
 def test_sigkill_at_random_points_then_rerun_completes(
     smoke_run: Path, mirror: Path, tfds_dir: Path, tmp_path: Path
 ):
-    """Kill the pipeline with SIGKILL during training and evaluation, rerun the same command."""
+    """Kill the pipeline with SIGKILL during training, evaluation and export; rerun it."""
+    import onnxruntime as ort
+
     import models
+    from export.bundle import Bundle
 
     out = _copy_run(smoke_run, tmp_path / "run", ("data",))
     args = [
@@ -84,9 +87,10 @@ def test_sigkill_at_random_points_then_rerun_completes(
     markers = [
         "Epoch 2/3",  # train_ae, epoch 2: resumes after epoch 1
         "resuming after epoch",  # train_ae again, as it resumes
-        "[train_vae] running",  # vae building or compiling
-        "Epoch 3/3",  # vae, last epoch
+        "Epoch 3/3",  # the last epoch of whichever model is training
         "[evaluate] running",
+        "[export] running",
+        "export: ae_decoder ",  # mid-export: part of the bundle is in its temporary folder
     ]
     rng = random.Random(20240611)
     kills, logs = [], []
@@ -127,8 +131,13 @@ def test_sigkill_at_random_points_then_rerun_completes(
     for path in sorted(out.rglob("*.keras")):
         models.load_model(path)  # safe mode
     assert (out / "eval" / "metrics.json").is_file()
+    Bundle.load(out / "export")  # checks every file against the manifest's sha256
+    onnx_files = sorted((out / "export").rglob("*.onnx"))
+    assert len(onnx_files) >= 4
+    for path in onnx_files:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert _stage_records_match(out) == []
-    assert list(out.rglob(TEMPORARY_GLOB)) == []
+    assert [p for g in TEMPORARY_GLOBS for p in out.rglob(g)] == []
     info = json.loads((out / "run.json").read_text())
     assert {s["status"] for s in info["stages"].values()} <= {"ran", "skipped"}
 
@@ -239,7 +248,12 @@ def test_temporaries_of_a_killed_run_are_removed_but_not_tfds(tmp_path: Path, ca
     from pipeline.runner import run_stages
 
     out = tmp_path / "run"
-    stale = [out / "ae" / ".model.k2j4.tmp.keras", out / ".run.x1.tmp.json"]
+    stale = [
+        out / "ae" / ".model.k2j4.tmp.keras",
+        out / ".run.x1.tmp.json",
+        out / ".export.tmp.abc" / "ae_encoder.onnx",  # a bundle being built
+        out / ".export.old.def" / "export" / "manifest.json",  # one being retired
+    ]
     tfds_file = out / "tfds" / ".dataset_info.q.tmp.json"  # tfds' own business
     for path in [*stale, tfds_file]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,5 +262,6 @@ def test_temporaries_of_a_killed_run_are_removed_but_not_tfds(tmp_path: Path, ca
     keep.write_text("complete")
     run_stages(Config(), Paths(out), [])
     assert not any(p.exists() for p in stale)
+    assert not (out / ".export.tmp.abc").exists() and not (out / ".export.old.def").exists()
     assert tfds_file.exists() and keep.exists()
-    assert "removed 2 temporary file(s)" in capsys.readouterr().out
+    assert "removed 4 temporary file(s) or folder(s)" in capsys.readouterr().out
