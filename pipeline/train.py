@@ -215,7 +215,8 @@ def _build_or_resume(
     except (ValueError, OSError, KeyError) as err:  # a checkpoint of another model: start over
         print(f"train_{kind}: cannot resume from {store.folder} ({err}); starting over")
         store.clear()
-        return _build_or_resume(kind, cfg, strategy, None)
+        model, _, _ = _build_or_resume(kind, cfg, strategy, None)
+        return model, TrainingState(store.key, cfg.train.seed), None  # still checkpointed
     print(
         f"train_{kind}: resuming after epoch {state.epochs_done} from {store.folder} "
         f"(best val_loss {state.best:.2f} at epoch {state.best_epoch + 1})"
