@@ -19,6 +19,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socketserver
 import tempfile
 import threading
@@ -212,10 +213,17 @@ def start_server(folder: str | Path, port: int = 0) -> tuple[socketserver.TCPSer
 def serve_forever(folder: Path, port: int = 8000) -> None:
     """Serve ``folder`` on 127.0.0.1 until Ctrl-C."""
     server, url = start_server(folder, port)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM too unwinds, so a temporary site is removed
+
+    previous = signal.signal(signal.SIGTERM, stop)
     print(f"serving the explorer at {url} (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
-        print()
+        print("stopped", flush=True)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.shutdown()
+        server.server_close()

@@ -98,11 +98,13 @@ function drawPlane(model) {
   const c = state.cursor[model];
   if (!c) return;
   g.scale(ratio, ratio);
-  g.strokeStyle = "rgba(29, 36, 48, 0.55)";
+  g.strokeStyle = "rgba(29, 36, 48, 0.7)";
   g.lineWidth = 1;
+  g.setLineDash([4, 4]);
   g.beginPath();
   g.moveTo(c[0], 0); g.lineTo(c[0], SIZE); g.moveTo(0, c[1]); g.lineTo(SIZE, c[1]);
   g.stroke();
+  g.setLineDash([]);
   g.strokeStyle = "#000";
   g.lineWidth = 2;
   g.beginPath();
