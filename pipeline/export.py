@@ -4,8 +4,9 @@
 
 Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 ``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
-decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``
-and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions). Encoder and
+decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``,
+``test_latents.npz`` (the test digits' latent positions and labels, for plots and the latent
+explorer) and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions). Encoder and
 decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX equivalent. Every
 ONNX model must match Keras within ``export.parity_atol`` (plus ``parity_rtol`` times the
 output's size) on ``export.parity_samples`` test
