@@ -5,14 +5,17 @@
 //
 // Writes OUT_DIR/result.json ({requests, blocked, console, samples: [{model, precision, u, v,
 // z, pixels}]}) and OUT_DIR/explorer.png. Every request outside URL's origin is blocked and
-// reported. Exits by itself within DEADLINE_MS.
+// reported. With EXPLORER_FRAMES=N it first sweeps the pointer N times round each plane per
+// precision and reports the page's decode times as frames["vae_fp32"] etc. (bench/). Exits by
+// itself within DEADLINE_MS.
 import { writeFileSync } from "node:fs";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const DEADLINE_MS = 150_000;
+const FRAMES = Number(process.env.EXPLORER_FRAMES || 0);
+const DEADLINE_MS = 150_000 + 200 * FRAMES;
 const [url, outDir, executablePath = "/usr/bin/chromium"] = process.argv.slice(2);
 if (!url || !outDir) {
   console.error("usage: node explorer_check.mjs URL OUT_DIR [CHROMIUM]");
@@ -29,6 +32,7 @@ const requests = [];
 const blocked = [];
 const consoleLines = [];
 const samples = [];
+const frames = {};
 let failure = null;
 let state = null;
 
@@ -75,20 +79,32 @@ try {
     if (error) throw new Error(`the page failed: ${error}`);
     const last = await page.evaluate((m) => window.explorer.last[m], model);
     // the page maps client pixels to (u, v); report those it used
-    samples.push({ model, u: (x - box.x) / box.width, v: (y - box.y) / box.height, ...last });
+    return { model, u: (x - box.x) / box.width, v: (y - box.y) / box.height, ...last };
   }
-  await probe("vae", 0.3, 0.7);
-  await probe("ae", 0.62, 0.35);
+  for (const precision of FRAMES > 0 ? ["fp32", "int8"] : []) {
+    await page.evaluate((p) => window.explorer.setPrecision(p), precision);
+    for (const model of ["vae", "ae"]) {
+      frames[`${model}_${precision}`] = [];
+      for (let i = 0; i < FRAMES; i++) {
+        const t = (2 * Math.PI * i) / FRAMES;
+        const s = await probe(model, 0.5 + 0.4 * Math.cos(t), 0.5 + 0.4 * Math.sin(t));
+        frames[`${model}_${precision}`].push(s.ms);
+      }
+    }
+  }
+  if (FRAMES > 0) await page.evaluate(() => window.explorer.setPrecision("fp32"));
+  samples.push(await probe("vae", 0.3, 0.7));
+  samples.push(await probe("ae", 0.62, 0.35));
   await page.click("#int8");
   await page.waitForFunction(() => window.explorer.idle && window.explorer.last.vae.precision === "int8"
                              && window.explorer.last.ae.precision === "int8", null, { timeout: 60_000 });
-  await probe("vae", 0.55, 0.25);
-  await probe("ae", 0.4, 0.6);
+  samples.push(await probe("vae", 0.55, 0.25));
+  samples.push(await probe("ae", 0.4, 0.6));
   await page.click("#int8");
   await page.waitForFunction(() => window.explorer.idle && window.explorer.last.vae.precision === "fp32",
                              null, { timeout: 60_000 });
-  await probe("ae", 0.45, 0.45);
-  await probe("vae", 0.42, 0.38);
+  samples.push(await probe("ae", 0.45, 0.45));
+  samples.push(await probe("vae", 0.42, 0.38));
   await page.screenshot({ path: join(outDir, "explorer.png"), fullPage: true });
 } catch (err) {
   failure = String(err.stack ?? err);
@@ -99,7 +115,7 @@ try {
   } catch {}
 } finally {
   writeFileSync(join(outDir, "result.json"), JSON.stringify(
-    { origin, failure, state, requests, blocked, console: consoleLines, samples }));
+    { origin, failure, state, requests, blocked, console: consoleLines, samples, frames }));
   await context.close();
   rmSync(profile, { recursive: true, force: true });
 }
