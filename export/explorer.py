@@ -85,6 +85,11 @@ def digit_positions(bundle: Bundle, points_from: str | None = None) -> dict[str,
             "IMAGES (e.g. t10k-images-idx3-ubyte.gz) to encode digits with this runtime"
         )
     path = bundle.directory / entry["file"]
+    if not path.is_file():  # a bundle may be copied without it; Bundle.load checked the rest
+        raise ExplorerError(
+            f"{path}: missing (listed in {MANIFEST}); copy it from the export, or pass "
+            "--points-from IMAGES to encode digits with this runtime"
+        )
     with np.load(path, allow_pickle=False) as npz:
         missing = {"labels", "ae_z", "vae_z_mean"} - set(npz.files)
         if missing:

@@ -158,6 +158,12 @@ def test_bundle_without_positions_needs_points_from(
     assert proc.returncode == 2 and "lists no test_latents" in proc.stderr
     assert "--points-from" in proc.stderr
 
+    shutil.copytree(bundle_dir, tmp_path / "device")  # listed but left out of a copy
+    (tmp_path / "device" / "test_latents.npz").unlink()
+    device = cli([*args[:2], str(tmp_path / "device"), *args[3:]], tmp_path, check=False)
+    assert device.returncode == 2 and "test_latents.npz: missing" in device.stderr
+    assert "--points-from" in device.stderr
+
     source = f"{export_run / 'data' / 'mnist.npz'}:test_images"
     cli([*args, "--points-from", source], tmp_path)
     points = json.loads((tmp_path / "site" / "points.json").read_text())
