@@ -216,8 +216,14 @@ def start_server(folder: str | Path, port: int = 0) -> tuple[socketserver.TCPSer
 
 
 def serve_forever(folder: Path, port: int = 8000) -> None:
-    """Serve ``folder`` on 127.0.0.1 until Ctrl-C."""
-    server, url = start_server(folder, port)
+    """Serve ``folder`` on 127.0.0.1 until Ctrl-C (or SIGTERM)."""
+    try:
+        server, url = start_server(folder, port)
+    except OSError as err:
+        raise ExplorerError(
+            f"cannot listen on 127.0.0.1:{port} ({err.strerror}); pick another --port "
+            "(0: any free one)"
+        ) from None
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # SIGTERM too unwinds, so a temporary site is removed

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import MANIFEST, MODELS, PRECISIONS, Bundle, sha256_file
+from export.bundle import MANIFEST, MODELS, PRECISIONS, Bundle, BundleError, sha256_file
 from export.images import picture
 
 KEY = "mnist-vae"
@@ -180,6 +180,8 @@ def _render(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray | str:
 def verify(path: str | Path, bundle_dir: str | Path) -> Verdict:
     """Decide whether the PNG at ``path`` is exactly what its record says ``bundle_dir`` made."""
     path, bundle_dir = Path(path), Path(bundle_dir)
+    if not (bundle_dir / MANIFEST).is_file():
+        raise BundleError(f"{bundle_dir / MANIFEST}: missing; is {bundle_dir} an export bundle?")
     pixels, entry = read_record(path)
     if entry is None:
         return Verdict("no-provenance", f"{path}: carries no {KEY!r} provenance record")

@@ -215,6 +215,22 @@ def test_serve_answers_on_localhost_with_wasm_and_module_types(bundle_dir: Path,
     assert not folder.exists()  # without --out the site lived in a temporary folder
 
 
+def test_serve_on_a_busy_port_is_a_clear_error(bundle_dir: Path, tmp_path: Path):
+    server, url = explorer.start_server(tmp_path)  # holds a port
+    port = url.split(":")[2].split("/")[0]
+    try:
+        proc = cli(
+            ["explorer", "--bundle", str(bundle_dir), "--serve", "--port", port]
+            + ["--ort-dist", str(need_ort_dist())],
+            tmp_path,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
 def browser_tools() -> tuple[str, str]:
     """node and Debian's chromium, or a failure saying how to get them."""
     node = shutil.which("node")

@@ -155,6 +155,8 @@ def test_foreign_images_carry_no_provenance(export_run: Path, bundle_dir: str, t
     assert code == 2 and "notes.png: not an image" in out, out
     code, out = verify(tmp_path / "missing.png", bundle_dir, tmp_path)
     assert code == 2 and "missing.png: no such file" in out, out
+    code, out = verify(tmp_path / "real.png", str(tmp_path), tmp_path)
+    assert code == 2 and "manifest.json: missing" in out, out
 
 
 def test_picture_of_another_bundle(bundle_dir: str, tmp_path: Path):
