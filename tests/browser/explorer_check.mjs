@@ -8,8 +8,7 @@
 // reported. With EXPLORER_FRAMES=N it first sweeps the pointer N times round each plane per
 // precision and reports the page's decode times as frames["vae_fp32"] etc. (bench/). Exits by
 // itself within DEADLINE_MS.
-import { writeFileSync } from "node:fs";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -26,6 +25,7 @@ setTimeout(() => {
   process.exit(3);
 }, DEADLINE_MS).unref();
 
+mkdirSync(outDir, { recursive: true });
 const origin = new URL(url).origin;
 const profile = mkdtempSync(join(tmpdir(), "explorer-chromium-"));
 const requests = [];
