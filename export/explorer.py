@@ -5,9 +5,9 @@
 
 The site is self-contained (no CDN): the page and its script (``export/web/``), the AE and VAE
 decoders (fp32 and int8) copied from the bundle, the test digits' positions (``points.json``,
-from the bundle's ``test_latents.npz``), ``explorer.json`` (extents, checksums) and the
-single-threaded WebAssembly build of onnxruntime-web, copied from npm's
-``node_modules/onnxruntime-web/dist`` (``npm ci`` at the repository root installs it). Any
+from the bundle's ``test_latents.npz``), ``explorer.json`` (extents, checksums) and
+onnxruntime-web's WebAssembly build (run on one thread: no cross-origin isolation needed),
+copied from npm's ``node_modules/onnxruntime-web/dist`` (``npm ci`` at the repository root installs it). Any
 static web server can host the folder; browsers refuse WebAssembly from ``file://``.
 """
 
