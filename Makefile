@@ -6,6 +6,10 @@
 # make test also builds .venv-runtime, holding only the core dependencies (numpy, onnxruntime,
 # Pillow; no TensorFlow), and runs the runtime's tests and CLI there against the export bundle
 # of the smoke run that the main test suite writes to build/smoke-run.
+#
+# make browser-deps installs what the latent explorer's tests need: onnxruntime-web and
+# playwright-core from npm (npm ci, pinned by package-lock.json, no install scripts) and Debian's
+# chromium (apt-get, as root, when /usr/bin/chromium is missing). No browser is downloaded.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,11 +19,13 @@ RUNTIME_VENV ?= .venv-runtime
 RT_PY := $(RUNTIME_VENV)/bin/python
 RT_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_RUN := build/smoke-run
-RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py
+RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py \
+	tests/test_provenance.py tests/test_explorer.py
+NODE_STAMP := node_modules/.installed
 
 ARGS ?=
 
-.PHONY: run test test-runtime lint venv runtime-venv clean
+.PHONY: run test test-runtime lint venv runtime-venv browser-deps chromium clean
 
 venv: $(STAMP)
 
@@ -32,11 +38,25 @@ $(STAMP): pyproject.toml
 # the runtime-only environment: a non-editable install of the package without extras
 runtime-venv: $(RT_STAMP)
 
-$(RT_STAMP): pyproject.toml $(wildcard export/*.py)
+$(RT_STAMP): pyproject.toml $(wildcard export/*.py export/web/*)
 	test -x $(RT_PY) || $(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RT_PY) -m pip install --quiet --upgrade pip
 	$(RT_PY) -m pip install --quiet . pytest
 	touch $(RT_STAMP)
+
+browser-deps: $(NODE_STAMP) chromium
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; } || \
+		{ echo "error: npm is missing: install Node.js (apt-get install nodejs npm)"; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+chromium:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		{ echo "error: chromium is missing: apt-get install chromium (as root)"; exit 1; }
 
 run: $(STAMP)
 	$(PY) run_pipeline.py $(ARGS)
@@ -45,17 +65,17 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint $(RT_STAMP)
+test: lint $(RT_STAMP) browser-deps
 	rm -rf $(SMOKE_RUN)
 	SMOKE_RUN_DIR=$(SMOKE_RUN) $(PY) -m pytest
 	$(MAKE) --no-print-directory test-runtime
 
 # -P: the repository is not put on sys.path, so `import export` is the installed package
-test-runtime: $(RT_STAMP)
+test-runtime: $(RT_STAMP) browser-deps
 	@if $(RT_PY) -c "import tensorflow" 2>/dev/null; then \
 		echo "error: tensorflow is importable in $(RUNTIME_VENV)"; exit 1; fi
 	@echo "$(RUNTIME_VENV): tensorflow is not importable, as intended"
 	EXPORT_RUN=$(SMOKE_RUN) $(RT_PY) -P -m pytest -p no:cacheprovider $(RUNTIME_TESTS)
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(SMOKE_RUN) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(SMOKE_RUN) node_modules .pytest_cache .ruff_cache

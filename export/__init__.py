@@ -4,8 +4,10 @@
     digits = Bundle.load("artifacts/export").sample(16, seed=0)   # (16, 28, 28) float32
 
 Modules: ``bundle`` (the ONNX models of an export bundle), ``inputs`` (reading and checking
-images from files, chunk by chunk), ``images`` (PNG grids), ``scoring`` and ``metrics`` (numpy
-definitions shared with the pipeline); ``python -m export`` is the command line.
+images from files, chunk by chunk), ``images`` (PNG grids), ``provenance`` (what made a
+generated PNG, recorded in it, and its check), ``explorer`` (the latent explorer web page),
+``scoring`` and ``metrics`` (numpy definitions shared with the pipeline); ``python -m export``
+is the command line.
 
 Never import tensorflow, keras or tf2onnx from this package, not even lazily at module level.
 """

@@ -166,12 +166,16 @@ class Bundle:
         self._check_model(model)
         return self._sessions[f"{model}_decoder"].run(self._check_z(z))["pixels"]
 
-    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` digits decoded from z ~ N(0, I), the VAE prior: (n, 28, 28) float32."""
+    def prior_latents(self, n: int, seed: int | None = None) -> np.ndarray:
+        """(n, latent_dim) float32 draws from N(0, I), the VAE prior, with numpy's PCG64."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
         z = np.random.default_rng(seed).standard_normal((n, self.latent_dim))
-        return self.generate(z, "vae")
+        return z.astype(np.float32)
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` digits decoded from z ~ N(0, I), the VAE prior: (n, 28, 28) float32."""
+        return self.generate(self.prior_latents(n, seed), "vae")
 
     def grid_latents(self, side: int, model: str = "vae") -> np.ndarray:
         """(side * side, latent_dim): a side x side lattice over the first two latent axes.

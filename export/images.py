@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,24 +37,41 @@ def tile(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np
     return canvas
 
 
+def picture(
+    images: np.ndarray, columns: int | None = None, scale: int = 1, padding: int = 2
+) -> Any:
+    """``tile(images, columns, padding)`` as a grayscale ``PIL.Image`` (mode "L"), ``scale`` x
+    enlarged with nearest-neighbour: exactly the pixels ``save_grid`` writes."""
+    from PIL import Image
+
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    result = Image.fromarray(tile(images, columns, padding))  # uint8 2-D: mode "L"
+    if scale != 1:
+        result = result.resize((result.width * scale, result.height * scale), Image.NEAREST)
+    return result
+
+
 def save_grid(
     images: np.ndarray,
     path: str | Path,
     columns: int | None = None,
     scale: int = 1,
     padding: int = 2,
+    text: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``tile(images, columns, padding)`` as an 8-bit grayscale PNG, ``scale`` x enlarged."""
-    from PIL import Image
+    """Write ``picture(images, columns, scale, padding)`` as an 8-bit grayscale PNG.
 
-    if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    picture = Image.fromarray(tile(images, columns, padding))  # uint8 2-D: mode "L"
-    if scale != 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    ``text`` becomes PNG text chunks (iTXt, UTF-8): key -> value, e.g. provenance.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    picture.save(tmp, format="PNG")
+    picture(images, columns, scale, padding).save(tmp, format="PNG", pnginfo=info)
     tmp.replace(path)  # readers never see a half-written picture
     return path

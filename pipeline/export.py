@@ -4,10 +4,11 @@
 
 Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 ``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
-decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``
-and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions). Encoder and
-decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX equivalent. Every
-ONNX model must match Keras, element-wise within ``parity_atol + parity_rtol * |Keras|``, on
+decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``,
+``test_latents.npz`` (the test digits' latent positions and labels, for plots and the latent
+explorer) and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions).
+Encoder and decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX
+equivalent. Every ONNX model must match Keras, element-wise within ``parity_atol + parity_rtol * |Keras|``, on
 ``export.parity_samples`` test digits, or the stage fails and leaves the previous ``export/``
 untouched: the bundle is built in a temporary folder and renamed into place only at the end.
 The runtime that reads the bundle is the TensorFlow-free package ``export``
@@ -43,6 +44,7 @@ KERAS_FILES = ("model.keras", "encoder.keras", "decoder.keras")
 BATCH_DIM = "batch"
 ORT_DTYPES = {"tensor(float)": "float32"}
 PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity and drift checks
+TEST_LATENTS = "test_latents.npz"
 
 
 class ExportError(RuntimeError):
@@ -227,6 +229,28 @@ def _latent_inputs(z_test: np.ndarray, seed: int) -> np.ndarray:
     return np.concatenate([z_test, prior.astype(np.float32)]).astype(np.float32)
 
 
+def write_test_latents(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Where the test digits lie in both latent spaces, for plots and the latent explorer.
+
+    images (n, 28, 28) float32, labels (n,) -> ``folder/test_latents.npz`` holding ``labels``
+    (n,) uint8, ``vae_z_mean`` and ``ae_z`` (n, latent_dim) float16 (positions to draw, not
+    to compute with), both from the exported ONNX encoders. Returns its manifest entry.
+    """
+    arrays = {
+        "labels": labels.astype(np.uint8),
+        "vae_z_mean": _run(folder / "vae_encoder.onnx", images)[0].astype(np.float16),
+        "ae_z": _run(folder / "ae_encoder.onnx", images)[0].astype(np.float16),
+    }
+    np.savez(folder / TEST_LATENTS, **arrays)
+    return {
+        "file": TEST_LATENTS,
+        "split": "test",
+        "count": len(images),
+        "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in arrays.items()},
+        "source": "the exported ONNX encoders (VAE: z_mean)",
+    }
+
+
 # -- the stage -------------------------------------------------------------------------------------
 
 
@@ -246,7 +270,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         raise ExportError(f"{paths.eval_dir / 'metrics.json'} lacks {missing}; rerun evaluate")
     boxes = json.loads((paths.eval_dir / "latent_boxes.json").read_text())
     models = load_models(paths)
-    test_images, _ = load_split(paths.dataset, "test", cfg.data)
+    test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
     images = test_images[: cfg.export.parity_samples]
     atol, rtol, opset = cfg.export.parity_atol, cfg.export.parity_rtol, cfg.export.opset
 
@@ -294,6 +318,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
                 f"mean {drift['mean_abs']:.5f} (one at a time: max "
                 f"{drift['max_abs_one_at_a_time']:.4f})"
             )
+    test_latents = write_test_latents(folder, test_images, test_labels)
     for entry in entries.values():
         entry.update(_io_spec(folder / entry["file"]))
         entry["opset"] = _opset(folder / entry["file"])
@@ -332,6 +357,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
             },
         },
         "latent_boxes": boxes,
+        "test_latents": test_latents,
         "versions": library_versions(),
         "config_fingerprint": sha256_json(cfg.to_dict()),
     }
