@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,17 @@ def _read_source(path: Path, key: str | None) -> np.ndarray:
     return _read_idx(path)
 
 
+def _read_checked(path: Path, key: str | None) -> np.ndarray:
+    """``_read_source``, with a damaged file (truncated, not what its name says) an InputError."""
+    try:
+        return _read_source(path, key)
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as err:
+        # numpy, zipfile and Pillow each report a truncated file in their own way
+        raise InputError(f"{path}: cannot read it, damaged or truncated? ({err})") from None
+
+
 def iter_chunks(
     sources: str | Path | Iterable[str | Path], chunk_size: int = DEFAULT_CHUNK
 ) -> Iterator[Chunk]:
@@ -270,12 +282,12 @@ def iter_chunks(
         path, key = _split_key(str(name))
         if path.is_dir():
             for png in _png_files(path):
-                yield Chunk(str(png), 0, as_images(_read_png(png), str(png)))
+                yield Chunk(str(png), 0, as_images(_read_checked(png, None), str(png)))
             continue
         if not path.is_file():
             raise InputError(f"{path}: no such file or folder")
         label = str(name)
-        yield from _chunks_of(_read_source(path, key), label, chunk_size)
+        yield from _chunks_of(_read_checked(path, key), label, chunk_size)
     if not any_source:
         raise InputError("no input given")
 

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ class Paths:
         return self.out / "config.toml"
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
@@ -83,9 +88,42 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        fsync_file(tmp)  # the data reaches the disk before the name does (power cuts)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+TEMPORARY_GLOB = ".*.tmp*"  # the names atomic_path gives its temporary files
+# and the folders a stage builds or retires beside its real output (``.export.tmp.*``,
+# ``.export.old.*``)
+TEMPORARY_GLOBS = (TEMPORARY_GLOB, ".*.old.*")
+
+
+def remove_stale_temporaries(out: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """Delete the temporary files and folders a killed run left under ``out`` (not in ``skip``)."""
+    removed = []
+    skip_dirs = {Path(p).resolve() for p in skip}
+    for root, dirs, _files in os.walk(out):
+        dirs[:] = [d for d in dirs if (Path(root) / d).resolve() not in skip_dirs]
+        for pattern in TEMPORARY_GLOBS:
+            for path in Path(root).glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirs[:] = [d for d in dirs if d != path.name]
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class TrainConfig:
     verbose: str = (
         "auto"  # "auto" (bar on a terminal, a line per epoch otherwise) | "bar" | "epoch" | "quiet"
     )
+    strategy: str = "default"  # tf.distribute: "default" | "mirrored" | "multi_worker" (TF_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
+INT_LIMIT = 2**31 - 1  # every int setting ends up in a TensorFlow int32 or well below
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against the field's type; ints widen to floats, lists become tuples."""
     origin = typing.get_origin(annotation)
@@ -107,9 +112,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
         return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value} is too large for a float") from None
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got bool {value!r}")
+    if annotation is int and isinstance(value, int) and not -INT_LIMIT <= value <= INT_LIMIT:
+        raise ConfigError(f"{key}: {value} is out of range (at most {INT_LIMIT:,} in size)")
     if not isinstance(value, annotation):
         raise ConfigError(
             f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
@@ -131,9 +141,12 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override {text!r}: expected section.key=value")
     section, key = dotted.strip().split(".")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        parsed = tomllib.loads(f"v = {raw.strip()}")
     except tomllib.TOMLDecodeError:
-        value = raw.strip()  # bare words such as conv or auto
+        parsed = {"v": raw.strip()}  # bare words such as conv or auto
+    if set(parsed) != {"v"}:
+        raise ConfigError(f"override {text!r}: the value must be a single TOML value")
+    value = parsed["v"]
     return section, key, value
 
 
@@ -165,6 +178,10 @@ def build_config(raw: dict[str, dict[str, Any]]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
+    for section in SECTIONS:  # TOML allows nan and inf; no setting here means anything with them
+        for key, value in cfg.section(section).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
     positive = {
         "data.train_size": cfg.data.train_size,
         "data.validation_size": cfg.data.validation_size,
@@ -210,6 +227,10 @@ def validate(cfg: Config) -> None:
     if cfg.train.verbose not in ("auto", "bar", "epoch", "quiet"):
         raise ConfigError(
             f"train.verbose must be auto, bar, epoch or quiet, got {cfg.train.verbose!r}"
+        )
+    if cfg.train.strategy not in ("default", "mirrored", "multi_worker"):
+        raise ConfigError(
+            f"train.strategy must be default, mirrored or multi_worker, got {cfg.train.strategy!r}"
         )
     if not 0.0 < cfg.evaluate.anomaly_fpr < 1.0:
         raise ConfigError(f"evaluate.anomaly_fpr must be in (0, 1), got {cfg.evaluate.anomaly_fpr}")

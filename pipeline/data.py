@@ -5,6 +5,7 @@ images, labels = load_split(paths.dataset, "validation", cfg.data)  # (5000, 28,
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,17 @@ def load_split(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    with np.load(dataset, allow_pickle=False) as npz:
-        key = f"{split}_images"
-        if key not in npz:
-            raise KeyError(f"{dataset} has no {key!r}; it holds {sorted(npz.files)}")
-        raw = npz[key]
-        labels = npz[f"{split}_labels"].astype(np.int64)
+    key = f"{split}_images"
+    try:
+        with np.load(dataset, allow_pickle=False) as npz:  # never unpickle: no code runs
+            if key not in npz:
+                raise KeyError(f"{dataset} has no {key!r}; it holds {sorted(npz.files)}")
+            raw = npz[key]
+            labels = npz[f"{split}_labels"].astype(np.int64)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{dataset}: cannot read the {split} split ({err}); rerun the ingest stage (--force)"
+        ) from err
     if raw.dtype != np.uint8 or raw.shape[1:] != (28, 28):
         raise ValueError(f"{dataset}:{key} is {raw.dtype} {raw.shape}, expected uint8 (n, 28, 28)")
     images = raw.astype(np.float32) / np.float32(255.0)

@@ -27,6 +27,10 @@ class MirrorError(RuntimeError):
     """The offline MNIST mirror is missing a file or holds a file that fails its checksum."""
 
 
+class DatasetCacheError(RuntimeError):
+    """tensorflow-datasets' prepared MNIST (under the tfds data dir) cannot be read."""
+
+
 def registered_checksums() -> dict[str, tuple[str, int]]:
     """tfds' registered ``{filename: (sha256, bytes)}`` for the ``mnist`` builder."""
     import tensorflow_datasets as tfds
@@ -79,17 +83,30 @@ def load_tfds_mnist(
         }
     else:
         print("ingest: no mirror given (--mirror or MNIST_MIRROR): tfds will download MNIST")
-    splits = tfds.load(
-        "mnist",
-        split=["train", "test"],
-        data_dir=str(data_dir),
-        batch_size=-1,
-        as_supervised=True,
-        **kwargs,
-    )
-    arrays = {}
-    for name, (images, labels) in zip(("train", "test"), tfds.as_numpy(splits), strict=True):
-        arrays[name] = (images[..., 0].astype(np.uint8), labels.astype(np.int64))
+    try:
+        splits = tfds.load(
+            "mnist",
+            split=["train", "test"],
+            data_dir=str(data_dir),
+            batch_size=-1,
+            as_supervised=True,
+            **kwargs,
+        )
+        arrays = {}
+        for name, (images, labels) in zip(("train", "test"), tfds.as_numpy(splits), strict=True):
+            arrays[name] = (images[..., 0].astype(np.uint8), labels.astype(np.int64))
+    except Exception as err:
+        # tfds reports a truncated record or a mangled dataset_info.json from deep inside
+        # TensorFlow; say which folder is at fault and how to recover.
+        cache = Path(data_dir) / "mnist"
+        if not cache.exists():
+            raise
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        raise DatasetCacheError(
+            f"tensorflow-datasets could not read its prepared MNIST under {cache} "
+            f"({type(err).__name__}: {first_line}); the cache is damaged: delete {cache} and "
+            "rerun, it is rebuilt from the mirror"
+        ) from err
     return arrays
 
 

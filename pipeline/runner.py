@@ -10,11 +10,16 @@ versions, the seed and each stage's status and wall time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
+import os
+import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from pipeline import export as export_stage
 from pipeline.common import (
     Paths,
     library_versions,
+    remove_stale_temporaries,
     sha256_file,
     sha256_json,
     write_json_atomic,
@@ -87,6 +93,58 @@ STAGES: dict[str, Stage] = {
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage and the cause."""
+
+
+LOCK_FILE = ".lock"
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file size limit is reached",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission to write there",
+}
+# errors whose message says it all: no traceback for these
+EXPLAINED_ERRORS: tuple[type[BaseException], ...] = (
+    ingest.MirrorError,
+    ingest.DatasetCacheError,
+    OSError,
+)
+
+
+def describe_error(err: BaseException) -> str:
+    """``err`` as one line; a full or unwritable disk says so and names the file."""
+    text = " ".join(str(err).split())  # h5py's messages span lines
+    code = getattr(err, "errno", None)
+    if isinstance(err, OSError) and code in WRITE_ERRNOS:
+        found = re.search(r"filename = '([^']+)'", text)  # h5py names the file in its text
+        filename = err.filename or (found.group(1) if found else None)
+        where = f"cannot write {filename}" if filename else "cannot write"
+        return f"{where}: {os.strerror(code)} (errno {code}: {WRITE_ERRNOS[code]})"
+    return text if isinstance(err, EXPLAINED_ERRORS) else f"{type(err).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def locked_out(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` so two runs never write the same artifacts.
+
+    The kernel drops the lock when the process dies, even by SIGKILL.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise StageError(f"cannot write to --out {out}: {describe_error(err)}") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StageError(
+                f"another run is writing to {out} (it holds {out / LOCK_FILE}); "
+                "wait for it or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _relative(path: Path, paths: Paths) -> str:
@@ -167,8 +225,20 @@ def run_stages(
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise StageError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    paths.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(paths.config_toml, config_to_toml(cfg))
+    with locked_out(paths.out):
+        return _run_locked(cfg, paths, names, force)
+
+
+def _run_locked(
+    cfg: Config, paths: Paths, names: list[str], force: bool
+) -> dict[str, dict[str, Any]]:
+    stale = remove_stale_temporaries(paths.out, skip=(paths.tfds_data_dir,))
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) or folder(s) left by an interrupted run")
+    try:
+        write_text_atomic(paths.config_toml, config_to_toml(cfg))
+    except OSError as err:
+        raise StageError(f"cannot write to --out {paths.out}: {describe_error(err)}") from err
     previous = _load_run_json(paths).get("stages", {})
     run_info: dict[str, Any] = {
         "config": cfg.to_dict(),
@@ -197,16 +267,20 @@ def run_stages(
                 results[name] = {
                     "status": "failed",
                     "seconds": round(seconds, 2),
-                    "error": f"{type(err).__name__}: {err}",
+                    "error": describe_error(err),
                 }
                 run_info["stages"].update(results)
-                write_json_atomic(paths.run_json, run_info)
-                if not isinstance(err, ingest.MirrorError | StageError):
+                with contextlib.suppress(OSError):  # a full disk may refuse run.json too
+                    write_json_atomic(paths.run_json, run_info)
+                if not isinstance(err, (*EXPLAINED_ERRORS, StageError)):
                     traceback.print_exc()
-                raise StageError(f"stage {name} failed: {err}") from err
+                raise StageError(f"stage {name} failed: {describe_error(err)}") from err
             seconds = time.perf_counter() - started
             results[name] = {"status": "ran", "seconds": round(seconds, 2), "fingerprint": print_}
             print(f"[{name}] done in {seconds:.1f} s")
         run_info["stages"].update(results)
-        write_json_atomic(paths.run_json, run_info)
+        try:
+            write_json_atomic(paths.run_json, run_info)
+        except OSError as err:
+            raise StageError(f"cannot write {paths.run_json}: {describe_error(err)}") from err
     return results

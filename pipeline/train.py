@@ -19,12 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import Paths, atomic_path, write_json_atomic, write_text_atomic
+from pipeline.checkpoint import CheckpointStore, TrainingState, restore_rng_states
+from pipeline.common import (
+    Paths,
+    atomic_path,
+    sha256_file,
+    sha256_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipeline.config import Config
 from pipeline.data import load_split
+from pipeline.distribute import describe, get_strategy, jit_supported
 
 KINDS = ("ae", "vae")
 MODEL_FILES = ("model.keras", "encoder.keras", "decoder.keras")
+CHECKPOINT_DIR = "checkpoint"  # under ae/ or vae/ while training; removed when the stage ends
 
 
 def model_spec(cfg: Config) -> Any:
@@ -58,8 +68,11 @@ def make_dataset(images: np.ndarray, batch_size: int, shuffle_seed: int | None) 
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def build_and_compile(kind: str, cfg: Config) -> Any:
-    """A fresh, compiled autoencoder (``kind="ae"``) or VAE (``kind="vae"``)."""
+def build_and_compile(kind: str, cfg: Config, jit_compile: bool | None = None) -> Any:
+    """A fresh, compiled autoencoder (``kind="ae"``) or VAE (``kind="vae"``).
+
+    jit_compile: None follows ``cfg.train.jit_compile``.
+    """
     import keras
 
     from models import SummedBinaryCrossentropy, build_autoencoder, build_vae
@@ -70,7 +83,7 @@ def build_and_compile(kind: str, cfg: Config) -> Any:
         optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
         loss=SummedBinaryCrossentropy(),
         metrics=[keras.metrics.MeanSquaredError(name="mse")],
-        jit_compile=cfg.train.jit_compile,
+        jit_compile=cfg.train.jit_compile if jit_compile is None else jit_compile,
     )
     return model
 
@@ -97,52 +110,186 @@ def save_keras_atomic(model: Any, target: Path) -> None:
         model.save(tmp)
 
 
+def make_train_dataset(images: np.ndarray, batch_size: int, seed: int, first_epoch: int) -> Any:
+    """Endless tf.data of (images, images) batches, reshuffled each epoch, starting at ``first_epoch``.
+
+    Epoch k's order depends only on ``seed`` and k, so a run resumed at epoch k sees the batches
+    an unbroken run would have seen. Each epoch ends with a (possibly short) last batch.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, images))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).repeat()
+    if first_epoch:
+        ds = ds.skip(first_epoch * steps_per_epoch(len(images), batch_size))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def checkpoint_key(kind: str, cfg: Config, dataset_sha256: str) -> str:
+    """What a checkpoint must match to be resumed: the model kind, its config and its data."""
+    return sha256_json(
+        {
+            "kind": kind,
+            "data": cfg.section("data"),
+            "model": cfg.section("model"),
+            # how the run is distributed or logged does not change what it computes
+            "train": {
+                k: v for k, v in cfg.section("train").items() if k not in ("verbose", "strategy")
+            },
+            "dataset": dataset_sha256,
+        }
+    )
+
+
+def _resumable_callbacks(
+    store: CheckpointStore | None,
+    state: TrainingState,
+    best_weights: list[np.ndarray] | None,
+    patience: int,
+) -> tuple[Any, Any]:
+    """An EarlyStopping that starts from ``state`` and a callback that checkpoints each epoch."""
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        """Keras' EarlyStopping, whose state (best value, wait, best weights) survives a restart."""
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            super().on_train_begin(logs)
+            if state.epochs_done:
+                self.best, self.best_epoch, self.wait = state.best, state.best_epoch, state.wait
+                self.best_weights = best_weights
+
+    stopper = ResumableEarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1
+    )
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """After each epoch: record history and stopping state, then save the checkpoint."""
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+            self.seconds_before = state.seconds
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            for key, value in (logs or {}).items():
+                state.history.setdefault(key, []).append(float(value))
+            state.epochs_done = epoch + 1
+            state.seconds = self.seconds_before + time.perf_counter() - self.started
+            state.best = None if stopper.best is None else float(stopper.best)
+            state.best_epoch, state.wait = int(stopper.best_epoch), int(stopper.wait)
+            state.stopped = bool(self.model.stop_training)
+            if store is not None:
+                store.save(self.model, state, stopper.best_weights)
+
+    return stopper, EpochCheckpoint()
+
+
+def _build_or_resume(
+    kind: str, cfg: Config, strategy: Any, store: CheckpointStore | None
+) -> tuple[Any, TrainingState, list[np.ndarray] | None]:
+    """A compiled model, fresh or with the weights, optimizer and RNG state of the checkpoint."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    jit = cfg.train.jit_compile and jit_supported(strategy)
+    if cfg.train.jit_compile and not jit:
+        print(f"train_{kind}: XLA off: it has no CPU collectives for {describe(strategy)}")
+    with strategy.scope():
+        model = build_and_compile(kind, cfg, jit_compile=jit)
+    found = store.load() if store is not None else None
+    if found is None:
+        return model, TrainingState(store.key if store else "", cfg.train.seed), None
+    state, best_weights = found
+    try:
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)  # its variables must exist to load
+            model.load_weights(store.weights_path(state))
+            restore_rng_states(model, state.rng_states)
+            if len(best_weights) != len(model.get_weights()):
+                raise ValueError(f"{len(best_weights)} best-weight arrays for a different model")
+    except (ValueError, OSError, KeyError) as err:  # a checkpoint of another model: start over
+        print(f"train_{kind}: cannot resume from {store.folder} ({err}); starting over")
+        store.clear()
+        model, _, _ = _build_or_resume(kind, cfg, strategy, None)
+        return model, TrainingState(store.key, cfg.train.seed), None  # still checkpointed
+    print(
+        f"train_{kind}: resuming after epoch {state.epochs_done} from {store.folder} "
+        f"(best val_loss {state.best:.2f} at epoch {state.best_epoch + 1})"
+    )
+    return model, state, best_weights
+
+
 def fit_model(
     kind: str,
     cfg: Config,
     train_images: np.ndarray,
     val_images: np.ndarray,
     callbacks: list[Any] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_key: str = "",
 ) -> tuple[Any, dict[str, list[float]], float]:
-    """Build, compile and fit one model; no file I/O.
+    """Build, compile and fit one model under ``cfg.train.strategy``; no file I/O but the checkpoint.
 
     train_images, val_images: (n, 28, 28) float32 in [0, 1].
-    Returns (model with the best validation weights, per-epoch history, seconds).
+    checkpoint_dir: if given, a checkpoint is written there after every epoch, and a checkpoint
+    found there with the same ``checkpoint_key`` is resumed from (its last complete epoch).
+    Returns (model with the best validation weights, per-epoch history, seconds of training).
     """
-    import keras
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    keras.utils.set_random_seed(cfg.train.seed)
-    model = build_and_compile(kind, cfg)
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=cfg.train.patience, restore_best_weights=True, verbose=1
-    )
+    strategy = get_strategy(cfg.train.strategy)  # before any other TF work (multi-worker)
+    store = CheckpointStore(checkpoint_dir, checkpoint_key) if checkpoint_dir else None
+    model, state, best_weights = _build_or_resume(kind, cfg, strategy, store)
+    stopper, epoch_checkpoint = _resumable_callbacks(store, state, best_weights, cfg.train.patience)
     print(
         f"train_{kind}: {model.count_params():,} parameters, {len(train_images):,} train / "
-        f"{len(val_images):,} validation images, up to {cfg.train.epochs} epochs"
+        f"{len(val_images):,} validation images, up to {cfg.train.epochs} epochs, "
+        f"{describe(strategy)}"
     )
-    started = time.perf_counter()
-    history = model.fit(
-        make_dataset(train_images, cfg.train.batch_size, shuffle_seed=cfg.train.seed),
-        validation_data=make_dataset(val_images, cfg.train.batch_size, shuffle_seed=None),
-        epochs=cfg.train.epochs,
-        callbacks=[stopper, *(callbacks or [])],
-        shuffle=False,  # the tf.data pipeline already reshuffles every epoch
-        verbose=keras_verbosity(cfg.train.verbose),
-    ).history
-    return model, history, time.perf_counter() - started
+    if state.epochs_done < cfg.train.epochs and not state.stopped:
+        model.fit(
+            make_train_dataset(
+                train_images, cfg.train.batch_size, cfg.train.seed, state.epochs_done
+            ),
+            steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
+            validation_data=make_dataset(val_images, cfg.train.batch_size, shuffle_seed=None),
+            initial_epoch=state.epochs_done,
+            epochs=cfg.train.epochs,
+            callbacks=[stopper, epoch_checkpoint, *(callbacks or [])],
+            shuffle=False,  # the tf.data pipeline already reshuffles every epoch
+            verbose=keras_verbosity(cfg.train.verbose),
+        )
+    elif best_weights is not None:  # the checkpoint is of the last epoch: nothing left to fit
+        model.set_weights(best_weights)
+    return model, state.history, state.seconds
 
 
 def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
-    """Fit one model and write its artifacts; returns the summary written to ``summary.json``."""
+    """Fit one model and write its artifacts; returns the summary written to ``summary.json``.
+
+    Resumes from ``<kind>/checkpoint/`` when a run of the same config and data was interrupted;
+    the checkpoint is removed once every artifact is written.
+    """
     from models import submodel
 
     train_images, _ = load_split(paths.dataset, "train", cfg.data)
     val_images, _ = load_split(paths.dataset, "validation", cfg.data)
-    model, history, seconds = fit_model(kind, cfg, train_images, val_images)
-
     out = paths.model_dir(kind)
+    checkpoint_dir = out / CHECKPOINT_DIR
+    model, history, seconds = fit_model(
+        kind,
+        cfg,
+        train_images,
+        val_images,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_key=checkpoint_key(kind, cfg, sha256_file(paths.dataset)),
+    )
+
     save_keras_atomic(model, out / "model.keras")
     save_keras_atomic(submodel(model, f"{kind}_encoder"), out / "encoder.keras")
     save_keras_atomic(submodel(model, f"{kind}_decoder"), out / "decoder.keras")
@@ -170,6 +317,7 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
         f"train_{kind}: best val_loss {summary['best_val_loss']:.2f} nats at epoch "
         f"{summary['best_epoch']}/{summary['epochs_run']} in {seconds:.0f} s -> {out}"
     )
+    CheckpointStore(checkpoint_dir, "").clear()
     return summary
 
 
