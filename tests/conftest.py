@@ -85,3 +85,23 @@ def export_run(request: pytest.FixtureRequest) -> Path:
             pytest.fail(f"EXPORT_RUN={env} holds no export/manifest.json")
         return path
     return request.getfixturevalue("smoke_run")
+
+
+def run_export_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m export ARGS`` in a fresh process, from ``cwd``.
+
+    Run from outside the repository, ``export`` is the installed runtime package; the bundle and
+    onnxruntime-web locations come from the arguments, never from the caller's environment.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_VAE_BUNDLE", "ORT_WEB_DIST")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"export {args} exited {proc.returncode}:\n{proc.stderr}")
+    return proc

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_export_cli as cli  # tests/ is on sys.path (rootdir conftest)
 from PIL import Image
 
 from export import explorer
@@ -27,22 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 ORT_DIST = REPO / "node_modules" / "onnxruntime-web" / "dist"
 BROWSER_SCRIPT = REPO / "tests" / "browser" / "explorer_check.mjs"
 TOLERANCE = 1e-4  # page pixels vs Bundle.generate
-
-
-def cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m export ARGS`` in a fresh process, from ``cwd`` (outside the repository)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_VAE_BUNDLE", "ORT_WEB_DIST")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"export {args} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
 
 
 def need_ort_dist() -> Path:

@@ -4,36 +4,18 @@ altered, foreign and other-bundle pictures apart, on a smoke bundle and real tes
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_export_cli as cli  # tests/ is on sys.path (rootdir conftest)
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from export import provenance
 from export.bundle import Bundle, sha256_file
-
-
-def cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m export ARGS`` in a fresh process, from ``cwd``."""
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_VAE_BUNDLE"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"export {args} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,27 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_export_cli as cli  # tests/ is on sys.path (rootdir conftest)
 from PIL import Image
 
 from export.bundle import Bundle
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the runtime's CLI from ``cwd`` (outside the repository: the installed package)."""
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_VAE_BUNDLE"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"export {args} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
