@@ -219,10 +219,6 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
         metrics[f"{kind}.grid_confident_frac"] = measures.confident_fraction(
             probs, ev.confident_prob
         )
-        confident = probs.max(axis=1) >= ev.confident_prob
-        metrics[f"{kind}.grid_confident_classes"] = float(
-            len(np.unique(probs[confident].argmax(axis=1)))
-        )
     clock.lap("decoded grids")
 
     # sample quality: prior samples vs test digits in the classifier's feature space

@@ -28,8 +28,6 @@ METRIC_DOCS: dict[str, str] = {
     "classifier.test_acc": "Test accuracy of the CNN digit classifier that judges decoded digits.",
     "ae.grid_confident_frac": "AE: fraction of a 30x30 decoded latent grid the classifier labels with p >= 0.9.",
     "vae.grid_confident_frac": "VAE: fraction of a 30x30 decoded prior-quantile grid labelled with p >= 0.9.",
-    "ae.grid_confident_classes": "AE: how many of the 10 digits appear among the confident grid points.",
-    "vae.grid_confident_classes": "VAE: how many of the 10 digits appear among the confident grid points.",
     "vae.sample_fid": "VAE: Frechet distance of classifier features, prior samples vs test digits (lower is better).",
     "ae.denoise_psnr_gain_db": "AE: mean PSNR of its output minus PSNR of the noisy input, dB.",
     "vae.denoise_psnr_gain_db": "VAE: mean PSNR of its output minus PSNR of the noisy input, dB.",
