@@ -147,6 +147,56 @@ def _top_captions(scores: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.nd
     return top, [f"{scores[i]:.3g} / {labels[i]}" for i in top]
 
 
+def draw_figures(
+    cfg: Config,
+    paths: Paths,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    test_out: dict[str, dict[str, np.ndarray]],
+    test_scores: dict[str, np.ndarray],
+    boxes: dict[str, Any],
+    grid_pixels: dict[str, np.ndarray],
+    noisy: np.ndarray,
+    denoised: dict[str, np.ndarray],
+) -> dict[str, Path]:
+    """Write every figure of ``FIGURES`` under ``eval/``; returns {name: png path}."""
+    ev = cfg.evaluate
+    n = ev.figure_digits
+    fig = {name: figure_path(paths, name) for name in FIGURES}
+    figures.digits_figure(fig["digits"], test_images[: 2 * n], test_labels[: 2 * n], n)
+    figures.latent_scatter_figure(
+        fig["latent_scatter"], test_out["ae"]["z"], test_out["vae"]["z"], test_labels
+    )
+    for kind, what in (("vae", "N(0, 1) quantiles 0.05-0.95"), ("ae", "1st-99th percentile box")):
+        figures.grid_figure(
+            fig[f"{kind}_grid"],
+            grid_pixels[kind],
+            ev.grid_size,
+            boxes[kind]["low"],
+            boxes[kind]["high"],
+            f"{kind.upper()} decoder over its latent: {what}",
+        )
+    figures.denoise_figure(
+        fig["denoise"],
+        noisy[:n],
+        denoised["ae"][:n],
+        denoised["vae"][:n],
+        test_images[:n],
+        ev.noise_sigma,
+    )
+    ae_top, ae_captions = _top_captions(test_scores["ae"], test_labels, n)
+    vae_top, vae_captions = _top_captions(test_scores["vae"], test_labels, n)
+    figures.anomalies_figure(
+        fig["anomalies"], test_images[ae_top], ae_captions, test_images[vae_top], vae_captions
+    )
+    figures.training_curves_figure(
+        fig["training_curves"],
+        read_history(paths.model_dir("ae") / "history.csv"),
+        read_history(paths.model_dir("vae") / "history.csv"),
+    )
+    return fig
+
+
 def run(cfg: Config, paths: Paths) -> dict[str, float]:
     """Compute every metric, draw every figure, write metrics.json, latent_boxes.json, report."""
     from pipeline.train import keras_verbosity
@@ -254,38 +304,17 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
     if bad:
         raise ValueError(f"evaluate: non-finite metrics {bad}")
 
-    n = ev.figure_digits
-    fig = {name: figure_path(paths, name) for name in FIGURES}
-    figures.digits_figure(fig["digits"], test_images[: 2 * n], test_labels[: 2 * n], n)
-    figures.latent_scatter_figure(
-        fig["latent_scatter"], test_out["ae"]["z"], test_out["vae"]["z"], test_labels
-    )
-    for kind, what in (("vae", "N(0, 1) quantiles 0.05-0.95"), ("ae", "1st-99th percentile box")):
-        figures.grid_figure(
-            fig[f"{kind}_grid"],
-            grid_pixels[kind],
-            ev.grid_size,
-            boxes[kind]["low"],
-            boxes[kind]["high"],
-            f"{kind.upper()} decoder over its latent: {what}",
-        )
-    figures.denoise_figure(
-        fig["denoise"],
-        noisy[:n],
-        denoised["ae"][:n],
-        denoised["vae"][:n],
-        test_images[:n],
-        ev.noise_sigma,
-    )
-    ae_top, ae_captions = _top_captions(test_scores["ae"], test_labels, n)
-    vae_top, vae_captions = _top_captions(test_scores["vae"], test_labels, n)
-    figures.anomalies_figure(
-        fig["anomalies"], test_images[ae_top], ae_captions, test_images[vae_top], vae_captions
-    )
-    figures.training_curves_figure(
-        fig["training_curves"],
-        read_history(paths.model_dir("ae") / "history.csv"),
-        read_history(paths.model_dir("vae") / "history.csv"),
+    fig = draw_figures(
+        cfg,
+        paths,
+        test_images,
+        test_labels,
+        test_out,
+        test_scores,
+        boxes,
+        grid_pixels,
+        noisy,
+        denoised,
     )
     clock.lap("figures")
 
