@@ -110,7 +110,8 @@ def train_classifier(cfg: Config, paths: Paths, verbose: int) -> tuple[Any, floa
         .prefetch(tf.data.AUTOTUNE)
     )
     started = time.perf_counter()
-    model.fit(ds, epochs=cfg.evaluate.classifier_epochs, verbose=verbose)
+    # shuffle=False: the tf.data pipeline already reshuffles every epoch
+    model.fit(ds, epochs=cfg.evaluate.classifier_epochs, shuffle=False, verbose=verbose)
     return model, time.perf_counter() - started
 
 
