@@ -1,32 +1,50 @@
-"""Stage `evaluate`: measure the trained AE and VAE on the test split; write ``eval/``.
+"""Stage `evaluate`: measure the trained AE and VAE on the test split, draw the figures, report.
 
     python run_pipeline.py --stages evaluate
 
-Writes ``eval/metrics.json`` (flat keys such as ``vae.anomaly_threshold``) and
-``eval/latent_boxes.json`` (the latent regions the decoded grids cover, which the export stage
-copies into the bundle's manifest).
+Writes under ``eval/``: ``metrics.json`` (flat float keys such as ``vae.elbo_nats``, listed in
+``pipeline.report.METRIC_DOCS``), ``latent_boxes.json`` (the latent regions the decoded grids
+cover, which the export stage copies into the bundle's manifest), the figures
+(``FIGURES``, PNG), the digit classifier (``classifier.keras`` + ``classifier.json``); and
+``report.html`` beside them, one self-contained page. The measures live in ``measures``,
+``likelihood`` and ``classifier``; the drawing in ``figures``; the page in ``report``.
 """
 
 from __future__ import annotations
 
+import csv
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.metrics import roc_auc
 from export.scoring import (
     calibrate_threshold,
     false_positive_rate,
     negative_elbo,
     reconstruction_mse,
 )
-from pipeline.common import Paths, write_json_atomic
-from pipeline.config import Config
+from pipeline import figures, measures, report
+from pipeline.classifier import classifier_paths, feature_model, train_or_reuse
+from pipeline.common import Paths, library_versions, write_json_atomic, write_text_atomic
+from pipeline.config import Config, config_to_toml
 from pipeline.data import load_split
+from pipeline.likelihood import vae_likelihood
 
 AE_BOX_PERCENTILES = (1.0, 99.0)  # the AE grid spans this percentile box of the test latents
 VAE_GRID_QUANTILES = (0.05, 0.95)  # the VAE grid spans these quantiles of the N(0, 1) prior
 PREDICT_BATCH = 1024
+FIGURES = (
+    "digits",
+    "latent_scatter",
+    "vae_grid",
+    "ae_grid",
+    "denoise",
+    "anomalies",
+    "training_curves",
+)
 
 
 def load_models(paths: Paths) -> dict[str, Any]:
@@ -90,42 +108,277 @@ def latent_boxes(ae_test_z: np.ndarray, latent_dim: int) -> dict[str, Any]:
     }
 
 
+def read_history(path: Path) -> dict[str, list[float]]:
+    """``history.csv`` of a training stage as {column: per-epoch values}."""
+    with Path(path).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path}: no epochs recorded")
+    return {col: [float(r[col]) for r in rows] for col in rows[0] if col != "epoch"}
+
+
+def report_path(paths: Paths) -> Path:
+    return paths.eval_dir / "report.html"
+
+
+def figure_path(paths: Paths, name: str) -> Path:
+    return paths.eval_dir / f"{name}.png"
+
+
+class _Clock:
+    """Prints how long each step of the stage took."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, what: str) -> None:
+        now = time.perf_counter()
+        print(f"evaluate: {what} ({now - self.last:.1f} s)", flush=True)
+        self.last = now
+
+
+def decode(models: dict[str, Any], kind: str, z: np.ndarray) -> np.ndarray:
+    """Pixels (m, 28, 28) of latents z (m, d), in as few decoder calls as the batch allows."""
+    return models[f"{kind}_decoder"].predict(z, batch_size=PREDICT_BATCH * 8, verbose=0)
+
+
+def _top_captions(scores: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
+    top = np.argsort(scores, kind="stable")[::-1][:n]
+    return top, [f"{scores[i]:.3g} / {labels[i]}" for i in top]
+
+
+def draw_figures(
+    cfg: Config,
+    paths: Paths,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    test_out: dict[str, dict[str, np.ndarray]],
+    test_scores: dict[str, np.ndarray],
+    boxes: dict[str, Any],
+    grid_pixels: dict[str, np.ndarray],
+    noisy: np.ndarray,
+    denoised: dict[str, np.ndarray],
+) -> dict[str, Path]:
+    """Write every figure of ``FIGURES`` under ``eval/``; returns {name: png path}."""
+    ev = cfg.evaluate
+    n = ev.figure_digits
+    fig = {name: figure_path(paths, name) for name in FIGURES}
+    figures.digits_figure(fig["digits"], test_images[: 2 * n], test_labels[: 2 * n], n)
+    figures.latent_scatter_figure(
+        fig["latent_scatter"], test_out["ae"]["z"], test_out["vae"]["z"], test_labels
+    )
+    for kind, what in (("vae", "N(0, 1) quantiles 0.05-0.95"), ("ae", "1st-99th percentile box")):
+        figures.grid_figure(
+            fig[f"{kind}_grid"],
+            grid_pixels[kind],
+            ev.grid_size,
+            boxes[kind]["low"],
+            boxes[kind]["high"],
+            f"{kind.upper()} decoder over its latent: {what}",
+        )
+    figures.denoise_figure(
+        fig["denoise"],
+        noisy[:n],
+        denoised["ae"][:n],
+        denoised["vae"][:n],
+        test_images[:n],
+        ev.noise_sigma,
+    )
+    ae_top, ae_captions = _top_captions(test_scores["ae"], test_labels, n)
+    vae_top, vae_captions = _top_captions(test_scores["vae"], test_labels, n)
+    figures.anomalies_figure(
+        fig["anomalies"], test_images[ae_top], ae_captions, test_images[vae_top], vae_captions
+    )
+    figures.training_curves_figure(
+        fig["training_curves"],
+        read_history(paths.model_dir("ae") / "history.csv"),
+        read_history(paths.model_dir("vae") / "history.csv"),
+    )
+    return fig
+
+
 def run(cfg: Config, paths: Paths) -> dict[str, float]:
-    """Compute the metrics and write ``eval/metrics.json`` and ``eval/latent_boxes.json``."""
+    """Compute every metric, draw every figure, write metrics.json, latent_boxes.json, report."""
+    from pipeline.train import keras_verbosity
+
+    ev = cfg.evaluate
+    clock = _Clock()
     models = load_models(paths)
+    train_images, train_labels = load_split(paths.dataset, "train", cfg.data)
     val_images, _ = load_split(paths.dataset, "validation", cfg.data)
-    test_images, _ = load_split(paths.dataset, "test", cfg.data)
+    test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
+    paths.eval_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
-    test_out = {}
+
+    # reconstructions, anomaly thresholds and false-positive rates
+    test_out, test_scores = {}, {}
     for kind in ("ae", "vae"):
         val_out = encode_decode(models, kind, val_images)
         test_out[kind] = encode_decode(models, kind, test_images)
         val_scores = anomaly_scores(val_images, val_out, kind)
-        test_scores = anomaly_scores(test_images, test_out[kind], kind)
-        threshold = calibrate_threshold(val_scores, cfg.evaluate.anomaly_fpr)
+        test_scores[kind] = anomaly_scores(test_images, test_out[kind], kind)
+        threshold = calibrate_threshold(val_scores, ev.anomaly_fpr)
         metrics[f"{kind}.recon_mse"] = float(
             reconstruction_mse(test_images, test_out[kind]["pixels"]).mean()
         )
         metrics[f"{kind}.anomaly_threshold"] = threshold
-        metrics[f"{kind}.test_fpr"] = false_positive_rate(test_scores, threshold)
-    paths.eval_dir.mkdir(parents=True, exist_ok=True)
+        metrics[f"{kind}.test_fpr"] = false_positive_rate(test_scores[kind], threshold)
+    clock.lap("reconstructions and anomaly thresholds")
+
+    # the VAE's likelihood: ELBO, KL and the importance-sampled NLL
+    lik = vae_likelihood(
+        models["vae_decoder"],
+        test_images,
+        test_out["vae"]["z"],
+        test_out["vae"]["z_log_var"],
+        k=ev.nll_samples,
+        seed=ev.seed,
+    )
+    metrics["vae.elbo_nats"] = float(lik["elbo"].mean())
+    metrics["vae.kl_nats"] = float(lik["kl"].mean())
+    metrics["vae.nll_is_nats"] = float(lik["nll_is"].mean())
+    metrics["vae.nll_is_k"] = float(ev.nll_samples)
+    clock.lap(f"ELBO and importance-sampled NLL (K={ev.nll_samples})")
+
+    # k-NN label accuracy in the latent: train latents as reference, test latents as queries
+    for kind in ("ae", "vae"):
+        train_z = models[f"{kind}_encoder"].predict(
+            train_images, batch_size=PREDICT_BATCH, verbose=0
+        )
+        train_z = train_z[0] if kind == "vae" else train_z
+        metrics[f"{kind}.latent_knn_acc"] = measures.knn_accuracy(
+            train_z, train_labels, test_out[kind]["z"], test_labels, k=ev.knn_k
+        )
+    clock.lap(f"{ev.knn_k}-NN latent accuracy")
+
+    classifier, record = train_or_reuse(cfg, paths, verbose=keras_verbosity(cfg.train.verbose))
+    test_probs = classifier.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
+    metrics["classifier.test_acc"] = float(np.mean(test_probs.argmax(axis=1) == test_labels))
+    clock.lap("digit classifier " + ("reused" if record["reused"] else "trained"))
+
+    # decoded grids: the figure's grid and the 30x30 confidence grid in one decoder call
+    boxes = latent_boxes(test_out["ae"]["z"], cfg.model.latent_dim)
+    grid_pixels = {}
+    for kind in ("ae", "vae"):
+        low, high = boxes[kind]["low"], boxes[kind]["high"]
+        figure_grid = measures.latent_grid(low, high, ev.grid_size)
+        confident_grid = measures.latent_grid(low, high, ev.confident_grid_size)
+        pixels = decode(models, kind, np.concatenate([figure_grid, confident_grid]))
+        grid_pixels[kind] = pixels[: len(figure_grid)]
+        probs = classifier.predict(pixels[len(figure_grid) :], batch_size=PREDICT_BATCH, verbose=0)
+        metrics[f"{kind}.grid_confident_frac"] = measures.confident_fraction(
+            probs, ev.confident_prob
+        )
+    clock.lap("decoded grids")
+
+    # sample quality: prior samples vs test digits in the classifier's feature space
+    features = feature_model(classifier)
+    rng = np.random.default_rng(ev.seed)
+    prior_z = rng.standard_normal((ev.fid_samples, cfg.model.latent_dim), dtype=np.float32)
+    samples = decode(models, "vae", prior_z)
+    metrics["vae.sample_fid"] = measures.frechet_distance(
+        features.predict(samples, batch_size=PREDICT_BATCH, verbose=0),
+        features.predict(test_images[: ev.fid_samples], batch_size=PREDICT_BATCH, verbose=0),
+    )
+    clock.lap(f"sample FID ({ev.fid_samples:,} prior samples)")
+
+    # denoising and how well each score tells noisy digits from clean ones
+    noisy = measures.add_noise(test_images, ev.noise_sigma, seed=ev.seed + 1)
+    noisy_psnr = measures.psnr(test_images, noisy)
+    denoised = {}
+    for kind in ("ae", "vae"):
+        noisy_out = encode_decode(models, kind, noisy)
+        denoised[kind] = noisy_out["pixels"]
+        gain = measures.psnr(test_images, noisy_out["pixels"]) - noisy_psnr
+        metrics[f"{kind}.denoise_psnr_gain_db"] = float(gain.mean())
+        noisy_scores = anomaly_scores(noisy, noisy_out, kind)
+        is_noisy = np.concatenate([np.zeros(len(noisy), bool), np.ones(len(noisy), bool)])
+        metrics[f"{kind}.noise_auroc"] = roc_auc(
+            np.concatenate([test_scores[kind], noisy_scores]), is_noisy
+        )
+    clock.lap(f"denoising (sigma {ev.noise_sigma:g})")
+
+    order = [key for key in report.METRIC_DOCS if key in metrics]
+    metrics = {key: metrics[key] for key in order + sorted(set(metrics) - set(order))}
+    bad = [key for key, value in metrics.items() if not np.isfinite(value)]
+    if bad:
+        raise ValueError(f"evaluate: non-finite metrics {bad}")
+
+    fig = draw_figures(
+        cfg,
+        paths,
+        test_images,
+        test_labels,
+        test_out,
+        test_scores,
+        boxes,
+        grid_pixels,
+        noisy,
+        denoised,
+    )
+    clock.lap("figures")
+
     write_json_atomic(paths.eval_dir / "metrics.json", metrics)
-    write_json_atomic(
-        paths.eval_dir / "latent_boxes.json",
-        latent_boxes(test_out["ae"]["z"], cfg.model.latent_dim),
+    write_json_atomic(paths.eval_dir / "latent_boxes.json", boxes)
+    notes = measurement_notes(cfg, record, len(test_images))
+    write_text_atomic(
+        report_path(paths),
+        report.render_report(metrics, fig, config_to_toml(cfg), library_versions(), notes),
     )
     for key, value in metrics.items():
-        print(f"evaluate: {key:<24} {value:.6g}")
+        print(f"evaluate: {key:<26} {value:.6g}")
     return metrics
+
+
+def measurement_notes(cfg: Config, record: dict[str, Any], n_test: int) -> dict[str, str]:
+    """How each group of numbers was obtained, for the report."""
+    ev = cfg.evaluate
+    return {
+        "Test split": f"{n_test:,} digits; binarized: {cfg.data.binarize}.",
+        "ELBO and NLL": (
+            f"K = {ev.nll_samples} samples z_k ~ q(z|x) per digit; ELBO = mean_k log p(x|z_k) "
+            "minus the closed-form KL; NLL = -log mean_k p(x|z_k) p(z_k) / q(z_k|x) "
+            "(importance-weighted bound, Burda et al. 2016)."
+        ),
+        "Classifier": (
+            f"CNN trained {record['epochs']} epochs on the train split "
+            f"({'reused from an earlier run' if record['reused'] else 'trained in this run'}, "
+            f"{record['train_seconds']} s); its test accuracy is classifier.test_acc."
+        ),
+        "Grid confidence": (
+            f"{ev.confident_grid_size}x{ev.confident_grid_size} latent grid over the same box as "
+            f"the figures; a point counts when the classifier's top probability >= "
+            f"{ev.confident_prob:g}."
+        ),
+        "Sample FID": (
+            f"{ev.fid_samples:,} samples z ~ N(0, I) decoded to pixel probabilities vs the first "
+            f"{min(ev.fid_samples, n_test):,} test digits, compared in the classifier's "
+            "128-unit feature layer (Gaussian Frechet distance)."
+        ),
+        "Denoising": (
+            f"Gaussian noise sigma = {ev.noise_sigma:g}, clipped to [0, 1]; gain = mean over "
+            "test digits of PSNR(output) - PSNR(noisy input), peak 1.0. noise_auroc ranks the "
+            "clean and the noisy test digits by each model's anomaly score."
+        ),
+        "k-NN": f"k = {ev.knn_k}, Euclidean, train latents as reference.",
+    }
 
 
 def evaluate_inputs(paths: Paths) -> list[Path]:
     return [paths.dataset] + [
-        paths.model_dir(kind) / f"{part}.keras"
+        paths.model_dir(kind) / name
         for kind in ("ae", "vae")
-        for part in ("encoder", "decoder")
+        for name in ("encoder.keras", "decoder.keras", "history.csv")
     ]
 
 
 def evaluate_outputs(paths: Paths) -> list[Path]:
-    return [paths.eval_dir / "metrics.json", paths.eval_dir / "latent_boxes.json"]
+    classifier_model, classifier_record = classifier_paths(paths)
+    return [
+        paths.eval_dir / "metrics.json",
+        paths.eval_dir / "latent_boxes.json",
+        classifier_model,
+        classifier_record,
+        *(figure_path(paths, name) for name in FIGURES),
+        report_path(paths),
+    ]

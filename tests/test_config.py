@@ -92,3 +92,10 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(text)
     assert load_config(path) == cfg
+
+
+def test_binarized_benchmark_config():
+    cfg = load_config(REPO / "configs" / "binarized.toml")
+    assert cfg.data.binarize and cfg.data.binarize_threshold == 0.5
+    assert cfg.evaluate.nll_samples == 1000
+    assert cfg.model == Config().model  # the default 2-D model, only the data differ

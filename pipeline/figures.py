@@ -1,0 +1,193 @@
+"""The evaluate stage's figures, drawn with matplotlib (Agg) and written as PNG atomically.
+
+    digits_figure(path, images, labels, columns=10)
+    grid_figure(path, pixels, size=10, low=[-1.6, -1.6], high=[1.6, 1.6], title="VAE ...")
+
+Every figure has a title and labelled axes (or labelled rows where the axes carry no scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.common import atomic_path
+
+DPI = 80
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def mosaic(images: np.ndarray, rows: int, columns: int, pad: int = 0) -> np.ndarray:
+    """(rows*columns, 28, 28) -> one (rows*(28+pad), columns*(28+pad)) image, row-major."""
+    h, w = images.shape[1:]
+    out = np.ones((rows * (h + pad), columns * (w + pad)), np.float32)
+    for i, img in enumerate(images[: rows * columns]):
+        r, c = divmod(i, columns)
+        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
+    return out
+
+
+def _image_rows(
+    path: Path,
+    rows: Sequence[np.ndarray],
+    row_labels: Sequence[str],
+    captions: Sequence[Sequence[str]] | None,
+    title: str,
+) -> None:
+    """One row of digits per entry of ``rows`` (each (columns, 28, 28)), labelled at the left."""
+    plt = _pyplot()
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(1.1 * n_cols + 1.2, 1.3 * n_rows + 0.6), squeeze=False
+    )
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row):
+                ax.imshow(row[c], cmap="gray_r", vmin=0.0, vmax=1.0)
+            else:
+                ax.axis("off")
+            if captions is not None and c < len(captions[r]):
+                ax.set_title(captions[r][c], fontsize=8)
+        axes[r][0].set_ylabel(row_labels[r], fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def digits_figure(path: Path, images: np.ndarray, labels: np.ndarray, columns: int) -> None:
+    """Two rows of real test digits (images (2*columns, 28, 28)) titled with their labels."""
+    rows = [images[:columns], images[columns : 2 * columns]]
+    captions = [[f"label {y}" for y in labels[:columns]], [f"label {y}" for y in labels[columns:]]]
+    _image_rows(path, rows, ["test", "test"], captions, "Real MNIST test digits")
+
+
+def latent_scatter_figure(
+    path: Path, ae_z: np.ndarray, vae_z: np.ndarray, labels: np.ndarray
+) -> None:
+    """Test digits in the AE latent (left) and the VAE's z_mean (right), coloured by label."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    cmap = plt.get_cmap("tab10")
+    for ax, z, name in ((axes[0], ae_z, "AE latent z"), (axes[1], vae_z, "VAE latent z_mean")):
+        for digit in range(10):
+            keep = labels == digit
+            ax.scatter(z[keep, 0], z[keep, 1], s=2, alpha=0.6, color=cmap(digit), label=str(digit))
+        ax.set_title(f"{name} ({len(z):,} test digits)")
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+    axes[1].legend(title="label", markerscale=5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("The 2-D latent space of the test digits")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def grid_figure(
+    path: Path,
+    pixels: np.ndarray,
+    size: int,
+    low: Sequence[float],
+    high: Sequence[float],
+    title: str,
+) -> None:
+    """Decoded digits (size*size, 28, 28) from ``measures.latent_grid`` drawn at their latents."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 7.5))
+    half_x = (high[0] - low[0]) / (2 * max(size - 1, 1))
+    half_y = (high[1] - low[1]) / (2 * max(size - 1, 1))
+    ax.imshow(
+        mosaic(pixels, size, size),
+        cmap="gray_r",
+        vmin=0.0,
+        vmax=1.0,
+        extent=(low[0] - half_x, high[0] + half_x, low[1] - half_y, high[1] + half_y),
+        aspect="auto",
+    )
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def denoise_figure(
+    path: Path,
+    noisy: np.ndarray,
+    ae_out: np.ndarray,
+    vae_out: np.ndarray,
+    clean: np.ndarray,
+    sigma: float,
+) -> None:
+    """Four rows: noisy inputs, AE outputs, VAE outputs, the clean originals; (columns, 28, 28) each."""
+    _image_rows(
+        path,
+        [noisy, ae_out, vae_out, clean],
+        [f"noisy (sigma {sigma:g})", "AE output", "VAE output", "clean"],
+        None,
+        "Denoising: Gaussian noise in, reconstruction out",
+    )
+
+
+def anomalies_figure(
+    path: Path,
+    ae_images: np.ndarray,
+    ae_captions: Sequence[str],
+    vae_images: np.ndarray,
+    vae_captions: Sequence[str],
+) -> None:
+    """Two rows: the AE's and the VAE's highest-scoring test digits, captioned score / label."""
+    _image_rows(
+        path,
+        [ae_images, vae_images],
+        ["AE: top MSE", "VAE: top -ELBO"],
+        [ae_captions, vae_captions],
+        "Most anomalous test digits (highest anomaly score)",
+    )
+
+
+def training_curves_figure(
+    path: Path, ae_history: dict[str, list[float]], vae_history: dict[str, list[float]]
+) -> None:
+    """Train and validation losses per epoch (nats per image) of the AE and the VAE."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, hist, name, loss_name in (
+        (axes[0], ae_history, "AE", "Bernoulli NLL"),
+        (axes[1], vae_history, "VAE", "negative ELBO"),
+    ):
+        epochs = np.arange(1, len(hist["loss"]) + 1)
+        ax.plot(epochs, hist["loss"], label=f"train {loss_name}")
+        ax.plot(epochs, hist["val_loss"], label=f"validation {loss_name}")
+        ax.set_title(f"{name} training")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (nats per image)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        if "val_kl" in hist:  # the KL is ~5 nats against ~150: its own axis
+            kl_ax = ax.twinx()
+            kl_ax.plot(epochs, hist["val_kl"], "g--", label="validation KL")
+            kl_ax.set_ylabel("KL (nats per image)")
+            kl_ax.legend(loc="center right")
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    _save(fig, path)

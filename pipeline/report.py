@@ -1,0 +1,147 @@
+"""``report.html``: one self-contained page with every metric, figure, the config and versions.
+
+    html = render_report(metrics, figures, config_toml, versions)   # figures: {name: png path}
+    write_text_atomic(paths.out / "report.html", html)
+
+Figures are embedded as base64 ``data:image/png`` URIs and the CSS is inline, so the page opens
+offline and references nothing outside itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from collections.abc import Mapping
+from pathlib import Path
+
+# One line per metric: what it measures. The report and the README list these.
+METRIC_DOCS: dict[str, str] = {
+    "ae.recon_mse": "AE: mean per-pixel squared error of the reconstructed test digits.",
+    "vae.recon_mse": "VAE: mean per-pixel squared error of test digits decoded from z_mean.",
+    "vae.elbo_nats": "VAE: test ELBO, E_q[log p(x|z)] - KL, nats per image (higher is better).",
+    "vae.kl_nats": "VAE: mean KL(q(z|x) || N(0, I)) on the test digits, nats.",
+    "vae.nll_is_nats": "VAE: importance-sampled negative log-likelihood -log p(x), nats (lower is better).",
+    "vae.nll_is_k": "Importance samples K per test digit behind vae.nll_is_nats.",
+    "ae.latent_knn_acc": "AE: k-NN (k = 5 by default) label accuracy of test latents against the train latents.",
+    "vae.latent_knn_acc": "VAE: k-NN label accuracy of test z_mean against the train z_mean.",
+    "classifier.test_acc": "Test accuracy of the CNN digit classifier that judges decoded digits.",
+    "ae.grid_confident_frac": "AE: fraction of a decoded latent grid (30x30 by default) the classifier labels with p >= 0.9.",
+    "vae.grid_confident_frac": "VAE: fraction of a decoded prior-quantile grid (30x30) the classifier labels with p >= 0.9.",
+    "vae.sample_fid": "VAE: Frechet distance of classifier features, prior samples vs test digits (lower is better).",
+    "ae.denoise_psnr_gain_db": "AE: mean PSNR of its output minus PSNR of the noisy input, dB.",
+    "vae.denoise_psnr_gain_db": "VAE: mean PSNR of its output minus PSNR of the noisy input, dB.",
+    "ae.anomaly_threshold": "AE: score (per-image MSE) exceeded by the configured share (1%) of validation digits.",
+    "vae.anomaly_threshold": "VAE: score (-ELBO at z_mean, nats) exceeded by the configured share (1%) of validation digits.",
+    "ae.test_fpr": "AE: fraction of clean test digits scored above the AE threshold.",
+    "vae.test_fpr": "VAE: fraction of clean test digits scored above the VAE threshold.",
+    "ae.noise_auroc": "AE: AUROC of its score separating noisy test digits from clean ones.",
+    "vae.noise_auroc": "VAE: AUROC of its score separating noisy test digits from clean ones.",
+}
+
+FIGURE_CAPTIONS: dict[str, str] = {
+    "digits": "Real test digits with their labels.",
+    "latent_scatter": "Test digits in the 2-D latent: AE z beside VAE z_mean, coloured by label.",
+    "vae_grid": "VAE decoder over the standard normal's 0.05-0.95 quantiles, decoded in one call.",
+    "ae_grid": "AE decoder over the 1st-99th percentile box of its test latents.",
+    "denoise": "Noisy test digits, the AE's and the VAE's outputs, and the clean originals.",
+    "anomalies": "Test digits with the highest anomaly scores (score / label).",
+    "training_curves": "Train and validation losses per epoch of both models.",
+}
+
+SCORE_DEFINITIONS = (
+    "AE anomaly score: the per-image mean squared reconstruction error. "
+    "VAE anomaly score: the negative ELBO at the posterior mean, i.e. the Bernoulli negative "
+    "log-likelihood of the image under the pixels decoded from z_mean plus KL(q(z|x) || N(0, I)), "
+    "in nats. Higher is more anomalous; the threshold is the score exceeded by the configured "
+    "fraction of validation digits (export.scoring)."
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { margin-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+td.num { font-family: ui-monospace, monospace; text-align: right; white-space: nowrap; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.95em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def png_data_uri(path: Path) -> str:
+    """``data:image/png;base64,...`` of a PNG file (checked by its signature)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(f"{path}: not a PNG file")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _metric_rows(metrics: Mapping[str, float]) -> str:
+    rows = []
+    for key, value in metrics.items():
+        shown = f"{int(value):d}" if key.endswith("_k") else f"{value:.6g}"
+        doc = METRIC_DOCS.get(key, "")
+        rows.append(
+            f"<tr><td><code>{html.escape(key)}</code></td><td class='num'>{shown}</td>"
+            f"<td>{html.escape(doc)}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def render_report(
+    metrics: Mapping[str, float],
+    figures: Mapping[str, Path],
+    config_toml: str,
+    versions: Mapping[str, str],
+    notes: Mapping[str, str] | None = None,
+) -> str:
+    """The report as one HTML string; ``figures`` maps a figure name to its PNG file."""
+    figure_html = "\n".join(
+        f"<figure id='{html.escape(name)}'><img alt='{html.escape(name)}' "
+        f"src='{png_data_uri(path)}'><figcaption><b>{html.escape(name)}.png</b>: "
+        f"{html.escape(FIGURE_CAPTIONS.get(name, ''))}</figcaption></figure>"
+        for name, path in figures.items()
+    )
+    version_rows = "\n".join(
+        f"<tr><td>{html.escape(lib)}</td><td>{html.escape(v)}</td></tr>"
+        for lib, v in versions.items()
+    )
+    note_items = "\n".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (notes or {}).items()
+    )
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>mnist-vae evaluation report</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>mnist-vae: evaluation report</h1>
+<p>Autoencoder and variational autoencoder on the real MNIST test split. Created {created}.</p>
+<h2>Metrics</h2>
+<table>
+<tr><th>metric</th><th>value</th><th>meaning</th></tr>
+{_metric_rows(metrics)}
+</table>
+<h2>Anomaly scores</h2>
+<p>{html.escape(SCORE_DEFINITIONS)}</p>
+<h2>How the numbers are measured</h2>
+<ul>
+{note_items}
+</ul>
+<h2>Figures</h2>
+{figure_html}
+<h2>Configuration</h2>
+<pre>{html.escape(config_toml)}</pre>
+<h2>Versions</h2>
+<table>
+<tr><th>library</th><th>version</th></tr>
+{version_rows}
+</table>
+</body>
+</html>
+"""
