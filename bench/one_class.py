@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import resource
@@ -39,7 +40,7 @@ from export.scoring import (  # noqa: E402
     negative_elbo,
     reconstruction_mse,
 )
-from pipeline.common import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.common import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import Config, load_config, validate  # noqa: E402
 from pipeline.data import load_split  # noqa: E402
 
@@ -261,13 +262,45 @@ def format_table(result: dict[str, Any]) -> str:
                 if behind
                 else f"At or above {label.split(' (')[0]} on every digit."
             )
+    cpu = result.get("cpu_seconds")  # absent in results written before it was recorded
     lines.append(
-        f"Wall time {result['seconds'] / 60:.1f} min ({result['cpu_seconds'] / 60:.1f} CPU-min) "
-        f"on {result['machine']['cpus']} CPU cores "
+        f"Wall time {result['seconds'] / 60:.1f} min"
+        + (f" ({cpu / 60:.1f} CPU-min)" if cpu is not None else "")
+        + f" on {result['machine']['cpus']} CPU cores "
         f"(load average {result['machine']['loadavg_start']} at start, "
         f"{result['machine']['loadavg_end']} at end)."
     )
     return "\n".join(lines)
+
+
+def plot_auroc(result: dict[str, Any], path: Path) -> None:
+    """Grouped bars per digit: our best score beside the published rows (AUROC %), to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    digits = result["digits"]
+    best = result["best"]["score"]
+    rows = {f"ours: {best}": [100 * v for v in result["summary"][best]["per_digit"]]}
+    if digits == list(DIGITS):
+        rows.update({label: list(row) for label, row in PUBLISHED.items()})
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    width = 0.8 / len(rows)
+    x = np.arange(len(digits))
+    for i, (label, values) in enumerate(rows.items()):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x, [str(d) for d in digits])
+    ax.set_xlabel("normal digit")
+    ax.set_ylabel("AUROC (%)")
+    ax.set_ylim(min(75.0, min(min(v) for v in rows.values()) - 2), 100.0)
+    ax.axhline(TARGET_MEAN, color="grey", lw=0.8, ls="--")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("One-class novelty on MNIST (test split, 10,000 digits)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
 
 
 def benchmark_config(cfg: Config, args: argparse.Namespace) -> Config:
@@ -426,6 +459,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="result file")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--plot", type=Path, help="also draw the per-digit bars here (.png)")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: print the table (and --markdown/--plot) of a stored result",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras output")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.nll_samples < 1:
@@ -441,6 +481,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        return _report(result, args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -452,11 +495,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg, dataset, args.digits, args.seeds, args.nll_samples, args.train_limit
     )
     write_json_atomic(args.json, result)
+    print(f"wrote {args.json}")
+    return _report(result, args)
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace) -> int:
     table = format_table(result)
     if args.markdown is not None:
         write_text_atomic(args.markdown, table + "\n")
+    if args.plot is not None:
+        plot_auroc(result, args.plot)
+        print(f"wrote {args.plot}")
     print(table)
-    print(f"wrote {args.json}")
     return 0
 
 
