@@ -295,7 +295,7 @@ def plot_auroc(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("AUROC (%)")
     ax.set_ylim(min(75.0, min(min(v) for v in rows.values()) - 2), 100.0)
     ax.axhline(TARGET_MEAN, color="grey", lw=0.8, ls="--")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(rows), fontsize=8)
     ax.set_title("One-class novelty on MNIST (test split, 10,000 digits)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
