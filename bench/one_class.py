@@ -1,7 +1,8 @@
 """One-class novelty benchmark on MNIST, protocol of Ruff et al. 2018 ("Deep One-Class
 Classification"), with the published Deep SVDD and OCGAN rows beside ours.
 
-    python bench/one_class.py --out /tmp/full --architecture conv --latent-dim 16 --seeds 1
+    python bench/one_class.py --data /tmp/full/data/mnist.npz --quiet   # MLP, latent 16, 1 seed
+    python bench/one_class.py --render bench/one_class.json --plot bench/one_class.png
 
 For each digit d: train the pipeline's AE and VAE (``pipeline.train.fit_model``) on the class-d
 images of the train split only, early-stopping on the class-d images of the validation split;
@@ -11,7 +12,7 @@ preprocessing. Each score is reported under its own name (see ``SCORES``). ``--s
 everything with seeds ``train.seed + i`` and reports the mean and the standard deviation.
 
 Writes ``bench/one_class.json`` (``--json``) and prints a markdown table (``--markdown`` also
-writes it to a file).
+writes it to a file, ``--plot`` draws it); ``--render`` redraws a stored result without training.
 """
 
 from __future__ import annotations
