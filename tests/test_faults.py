@@ -75,7 +75,7 @@ def test_sigkill_at_random_points_then_rerun_completes(
     out = _copy_run(smoke_run, tmp_path / "run", ("data",))
     args = [
         *("--config", str(SMOKE_CONFIG), "--out", str(out), "--mirror", str(mirror)),
-        *("--set", "train.epochs=3", "--set", "train.patience=3"),
+        *("--set", "train.epochs=4", "--set", "train.patience=4"),
     ]
     env = {
         **os.environ,
@@ -83,18 +83,20 @@ def test_sigkill_at_random_points_then_rerun_completes(
         "PYTHONUNBUFFERED": "1",  # the markers must reach the log as they happen
         "TFDS_DATA_DIR": str(tfds_dir),
     }
-    # Where to strike: each marker is followed by a random delay of up to a second.
+    # Where to strike: each marker is followed by a random delay of up to its bound. A smoke
+    # epoch takes well under a second on idle cores, so the training delays stay short: a longer
+    # one would let training finish before the kill and leave the later markers nothing to hit.
     markers = [
-        "Epoch 2/3",  # train_ae, epoch 2: resumes after epoch 1
-        "resuming after epoch",  # train_ae again, as it resumes
-        "Epoch 3/3",  # the last epoch of whichever model is training
-        "[evaluate] running",
-        "[export] running",
-        "export: ae_decoder ",  # mid-export: part of the bundle is in its temporary folder
+        ("Epoch 2/4", 0.05),  # train_ae, epoch 2: resumes after epoch 1
+        ("resuming after epoch", 0.05),  # train_ae again, as it resumes
+        ("Epoch 4/4", 0.05),  # the last epoch of whichever model is training
+        ("[evaluate] running", 1.0),
+        ("[export] running", 1.0),
+        ("export: ae_decoder ", 0.2),  # mid-export: part of the bundle is in its temporary folder
     ]
     rng = random.Random(20240611)
     kills, logs = [], []
-    for attempt, marker in enumerate(markers):
+    for attempt, (marker, max_delay) in enumerate(markers):
         log = tmp_path / f"attempt{attempt}.log"
         with log.open("w") as fh:
             proc = subprocess.Popen(
@@ -107,7 +109,7 @@ def test_sigkill_at_random_points_then_rerun_completes(
             )
             try:
                 if _wait_for(log, proc, marker, KILL_TIMEOUT_S):
-                    time.sleep(rng.uniform(0.0, 1.0))
+                    time.sleep(rng.uniform(0.0, max_delay))
                     if proc.poll() is None:
                         os.killpg(proc.pid, signal.SIGKILL)
                         running = [ln for ln in log.read_text().splitlines() if "] running" in ln]
@@ -126,7 +128,7 @@ def test_sigkill_at_random_points_then_rerun_completes(
     # complete, loadable, consistent, and nothing half-written left behind
     for kind in ("ae", "vae"):
         history = (out / kind / "history.csv").read_text().splitlines()
-        assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3"]
+        assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3", "4"]
         assert not (out / kind / "checkpoint").exists()
     for path in sorted(out.rglob("*.keras")):
         models.load_model(path)  # safe mode
