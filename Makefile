@@ -6,6 +6,8 @@
 # make test also builds .venv-runtime, holding only the core dependencies (numpy, onnxruntime,
 # Pillow; no TensorFlow), and runs the runtime's tests and CLI there against the export bundle
 # of the smoke run that the main test suite writes to build/smoke-run.
+# It builds .venv-beam too (the core runtime plus the beam and parquet extras, no TensorFlow:
+# apache-beam pins protobuf below TensorFlow's) and runs the Beam scoring tests there.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,11 +17,16 @@ RUNTIME_VENV ?= .venv-runtime
 RT_PY := $(RUNTIME_VENV)/bin/python
 RT_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_RUN := build/smoke-run
-RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py
+RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py \
+	tests/test_runtime_stream.py
+BEAM_VENV ?= .venv-beam
+BEAM_PY := $(BEAM_VENV)/bin/python
+BEAM_STAMP := $(BEAM_VENV)/.installed
+BEAM_TESTS := tests/test_scaleout.py
 
 ARGS ?=
 
-.PHONY: run test test-runtime lint venv runtime-venv clean
+.PHONY: run test test-runtime test-beam lint venv runtime-venv beam-venv clean
 
 venv: $(STAMP)
 
@@ -38,6 +45,15 @@ $(RT_STAMP): pyproject.toml $(wildcard export/*.py)
 	$(RT_PY) -m pip install --quiet . pytest
 	touch $(RT_STAMP)
 
+# the scale-out environment: the runtime with the beam and parquet extras
+beam-venv: $(BEAM_STAMP)
+
+$(BEAM_STAMP): pyproject.toml $(wildcard export/*.py)
+	test -x $(BEAM_PY) || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_PY) -m pip install --quiet --upgrade pip
+	$(BEAM_PY) -m pip install --quiet ".[beam,parquet]" pytest
+	touch $(BEAM_STAMP)
+
 run: $(STAMP)
 	$(PY) run_pipeline.py $(ARGS)
 
@@ -45,10 +61,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint $(RT_STAMP)
+test: lint $(RT_STAMP) $(BEAM_STAMP)
 	rm -rf $(SMOKE_RUN)
 	SMOKE_RUN_DIR=$(SMOKE_RUN) $(PY) -m pytest
 	$(MAKE) --no-print-directory test-runtime
+	$(MAKE) --no-print-directory test-beam
 
 # -P: the repository is not put on sys.path, so `import export` is the installed package
 test-runtime: $(RT_STAMP)
@@ -57,5 +74,9 @@ test-runtime: $(RT_STAMP)
 	@echo "$(RUNTIME_VENV): tensorflow is not importable, as intended"
 	EXPORT_RUN=$(SMOKE_RUN) $(RT_PY) -P -m pytest -p no:cacheprovider $(RUNTIME_TESTS)
 
+# SCALEOUT_TESTS=1: the Beam tests must run here (in .venv they skip: Beam is not installed)
+test-beam: $(BEAM_STAMP)
+	EXPORT_RUN=$(SMOKE_RUN) SCALEOUT_TESTS=1 $(BEAM_PY) -P -m pytest -p no:cacheprovider $(BEAM_TESTS)
+
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(SMOKE_RUN) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(BEAM_VENV) $(SMOKE_RUN) .pytest_cache .ruff_cache
