@@ -53,8 +53,8 @@ def flops_per_image(bundle: Bundle, model: str = "ae") -> float:
     return total
 
 
-def matmul_flops(seconds: float = 2.0, n: int = 1024) -> float:
-    """Float32 FLOP/s of numpy's matmul on n x n matrices: the median over ~``seconds``."""
+def matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
+    """Float32 FLOP/s of numpy's matmul on n x n matrices: the best of ~``seconds`` of runs."""
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
     a @ b
@@ -64,7 +64,7 @@ def matmul_flops(seconds: float = 2.0, n: int = 1024) -> float:
         started = time.perf_counter()
         a @ b
         rates.append(2.0 * n**3 / (time.perf_counter() - started))
-    return float(np.median(rates))
+    return float(np.max(rates))
 
 
 def batched(fn, images: np.ndarray, batch: int) -> np.ndarray:
@@ -107,12 +107,12 @@ def main() -> None:
         assert drift < (0.05 if "int8" in name else 1e-3), (name, drift)
 
     flops = flops_per_image(fp32)
-    peak = matmul_flops()
-    limit = peak / flops
+    peaks = []  # the matmul rate, sampled between the methods: the cores are shared
     rates: dict[tuple[str, int], float] = {}
     for batch in BATCHES:
         subset = images[: args.batch1_images] if batch == 1 else images
         for name, fn in methods.items():
+            peaks.append(matmul_flops())
             seconds = median_time(
                 lambda fn=fn, subset=subset, batch=batch: batched(fn, subset, batch), args.repeats
             )
@@ -121,7 +121,9 @@ def main() -> None:
                 f"  {name:<20} batch {batch:>6}: {rates[name, batch]:>12,.0f} images/s",
                 file=sys.stderr,
             )
-    peak_after = matmul_flops()
+    peaks.append(matmul_flops())
+    peak = max(peaks)  # the best rate seen is the ceiling; lower ones are other work's share
+    limit = peak / flops
 
     rows = []
     for batch in BATCHES:
@@ -133,8 +135,9 @@ def main() -> None:
     print(f"ORT intra-op threads: {args.threads or 'all cores'}; repeats: {args.repeats} (median)")
     print(f"AE scoring: {flops / 1e6:.2f} MFLOP per image (encoder + decoder MatMuls)")
     print(
-        f"numpy float32 matmul (1024^3): {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} "
-        f"after -> limit {limit:,.0f} images/s (from the first)"
+        f"numpy float32 matmul (1024^3), {len(peaks)} samples between the methods: max "
+        f"{peak / 1e9:.1f} GFLOP/s, median {np.median(peaks) / 1e9:.1f}, min "
+        f"{min(peaks) / 1e9:.1f} -> limit {limit:,.0f} images/s (from the max)"
     )
     print()
     print(table(["batch", "method", "images/s", "vs model.predict", "of the limit"], rows))
