@@ -1,4 +1,11 @@
 """The TensorFlow-free runtime of mnist-vae: numpy, onnxruntime and Pillow only.
 
+    from export.bundle import Bundle
+    digits = Bundle.load("artifacts/export").sample(16, seed=0)   # (16, 28, 28) float32
+
+Modules: ``bundle`` (the ONNX models of an export bundle), ``inputs`` (reading and checking
+images from files, chunk by chunk), ``images`` (PNG grids), ``scoring`` and ``metrics`` (numpy
+definitions shared with the pipeline); ``python -m export`` is the command line.
+
 Never import tensorflow, keras or tf2onnx from this package, not even lazily at module level.
 """

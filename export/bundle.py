@@ -95,10 +95,17 @@ def _open_session(path: Path, threads: int | None = None) -> _Session:
 
 
 def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
-    """Check every file the manifest lists against its sha256 and size; raise naming the file."""
+    """Check every file the manifest lists against its sha256 and size; raise naming the file.
+
+    The ONNX models must be present; the other files (the ``.keras`` models under ``keras/``)
+    may be left out of a device's copy, since the runtime never reads them.
+    """
+    required = {entry["file"] for entry in manifest["models"].values()}
     for name, entry in manifest["files"].items():
         path = directory / name
         if not path.is_file():
+            if name not in required:
+                continue
             raise BundleError(f"{path}: missing (listed in {MANIFEST})")
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             raise BundleError(

@@ -7,11 +7,11 @@ Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``
 and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions). Encoder and
 decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX equivalent. Every
-ONNX model must match Keras within ``export.parity_atol`` (plus ``parity_rtol`` times the
-output's size) on ``export.parity_samples`` test
-digits, or the stage fails and leaves the previous ``export/`` untouched: the bundle is built in
-a temporary folder and renamed into place only at the end. The runtime that reads the bundle is
-the TensorFlow-free package ``export`` (``python -m export``).
+ONNX model must match Keras, element-wise within ``parity_atol + parity_rtol * |Keras|``, on
+``export.parity_samples`` test digits, or the stage fails and leaves the previous ``export/``
+untouched: the bundle is built in a temporary folder and renamed into place only at the end.
+The runtime that reads the bundle is the TensorFlow-free package ``export``
+(``python -m export``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from pipeline.common import Paths, library_versions, sha256_file, sha256_json, w
 from pipeline.config import Config
 from pipeline.data import load_split
 
-PARTS = ("encoder", "decoder")
 KINDS = ("ae", "vae")
 # graph input and output names of each converted model, in the Keras model's output order
 IO_NAMES = {
@@ -242,6 +241,9 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     from pipeline.evaluate import load_models
 
     metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
+    missing = [f"{k}.anomaly_threshold" for k in KINDS if f"{k}.anomaly_threshold" not in metrics]
+    if missing:
+        raise ExportError(f"{paths.eval_dir / 'metrics.json'} lacks {missing}; rerun evaluate")
     boxes = json.loads((paths.eval_dir / "latent_boxes.json").read_text())
     models = load_models(paths)
     test_images, _ = load_split(paths.dataset, "test", cfg.data)

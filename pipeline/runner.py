@@ -78,7 +78,7 @@ STAGES: dict[str, Stage] = {
     "export": Stage(
         "export",
         export_stage.run,
-        ("data", "evaluate", "export"),
+        ("data", "train", "evaluate", "export"),  # train: the seed of the prior draws
         export_stage.export_inputs,
         export_stage.export_outputs,
     ),

@@ -16,6 +16,8 @@ from PIL import Image
 
 from export.bundle import Bundle
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run the runtime's CLI from ``cwd`` (outside the repository: the installed package)."""
@@ -139,3 +141,23 @@ def test_bad_input_and_tampered_bundle_exit_2(bundle_dir: str, tmp_path: Path):
     assert proc.returncode == 2 and "ae_encoder.onnx: sha256 does not match" in proc.stderr
     proc = cli(["generate", "--bundle", bundle_dir, "--out", "x.gif"], tmp_path, check=False)
     assert proc.returncode == 2 and "expected a .png or .npy" in proc.stderr
+
+
+def test_readme_example_runs_as_written(export_run: Path, mirror: Path, tmp_path: Path):
+    """The Python example of "Deploying the decoder", at most 10 lines, on the smoke bundle."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Deploying the decoder", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 10
+    assert '"artifacts/export"' in code and '"t10k-images-idx3-ubyte.gz"' in code
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "export").symlink_to(export_run / "export")
+    (tmp_path / "t10k-images-idx3-ubyte.gz").symlink_to(mirror / "t10k-images-idx3-ubyte.gz")
+    (tmp_path / "example.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "-P", "example.py"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "flagged, fpr 0.01" in proc.stdout
+    with Image.open(tmp_path / "grid.png") as img:
+        assert img.size == (2 * (10 * 30 - 2), 2 * (10 * 30 - 2))
