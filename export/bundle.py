@@ -74,13 +74,17 @@ def available_cores() -> int:
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """ORT options for throughput: every graph optimisation, ``threads`` intra-op threads
-    (None or 0: all available cores), sequential execution (the graphs are chains)."""
+    (None or 0: all available cores), sequential execution (the graphs are chains), and idle
+    threads that sleep instead of spinning."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or available_cores()
     options.inter_op_num_threads = 1
+    # Spinning threads burn the cores they wait on; when other processes share those cores
+    # a spinning pool is descheduled mid-operator and throughput falls 2-3x (bench/scoring.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
