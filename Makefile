@@ -10,6 +10,8 @@
 # make browser-deps installs what the latent explorer's tests need: onnxruntime-web and
 # playwright-core from npm (npm ci, pinned by package-lock.json, no install scripts) and Debian's
 # chromium (apt-get, as root, when /usr/bin/chromium is missing). No browser is downloaded.
+# It builds .venv-beam too (the core runtime plus the beam and parquet extras, no TensorFlow:
+# apache-beam pins protobuf below TensorFlow's) and runs the Beam scoring tests there.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,12 +22,16 @@ RT_PY := $(RUNTIME_VENV)/bin/python
 RT_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_RUN := build/smoke-run
 RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py \
-	tests/test_provenance.py tests/test_explorer.py
+	tests/test_provenance.py tests/test_explorer.py tests/test_runtime_stream.py
 NODE_STAMP := node_modules/.installed
+BEAM_VENV ?= .venv-beam
+BEAM_PY := $(BEAM_VENV)/bin/python
+BEAM_STAMP := $(BEAM_VENV)/.installed
+BEAM_TESTS := tests/test_scaleout.py
 
 ARGS ?=
 
-.PHONY: run test test-runtime lint venv runtime-venv browser-deps chromium clean
+.PHONY: run test test-runtime test-beam lint venv runtime-venv beam-venv browser-deps chromium clean
 
 venv: $(STAMP)
 
@@ -58,6 +64,15 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 		{ echo "error: chromium is missing: apt-get install chromium (as root)"; exit 1; }
 
+# the scale-out environment: the runtime with the beam and parquet extras
+beam-venv: $(BEAM_STAMP)
+
+$(BEAM_STAMP): pyproject.toml $(wildcard export/*.py)
+	test -x $(BEAM_PY) || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_PY) -m pip install --quiet --upgrade pip
+	$(BEAM_PY) -m pip install --quiet ".[beam,parquet]" pytest
+	touch $(BEAM_STAMP)
+
 run: $(STAMP)
 	$(PY) run_pipeline.py $(ARGS)
 
@@ -65,10 +80,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint $(RT_STAMP) browser-deps
+test: lint $(RT_STAMP) $(BEAM_STAMP) browser-deps
 	rm -rf $(SMOKE_RUN)
 	SMOKE_RUN_DIR=$(SMOKE_RUN) $(PY) -m pytest
 	$(MAKE) --no-print-directory test-runtime
+	$(MAKE) --no-print-directory test-beam
 
 # -P: the repository is not put on sys.path, so `import export` is the installed package
 test-runtime: $(RT_STAMP) browser-deps
@@ -77,5 +93,9 @@ test-runtime: $(RT_STAMP) browser-deps
 	@echo "$(RUNTIME_VENV): tensorflow is not importable, as intended"
 	EXPORT_RUN=$(SMOKE_RUN) $(RT_PY) -P -m pytest -p no:cacheprovider $(RUNTIME_TESTS)
 
+# SCALEOUT_TESTS=1: the Beam tests must run here (in .venv they skip: Beam is not installed)
+test-beam: $(BEAM_STAMP)
+	EXPORT_RUN=$(SMOKE_RUN) SCALEOUT_TESTS=1 $(BEAM_PY) -P -m pytest -p no:cacheprovider $(BEAM_TESTS)
+
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(SMOKE_RUN) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(BEAM_VENV) $(SMOKE_RUN) node_modules .pytest_cache .ruff_cache

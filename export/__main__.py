@@ -8,10 +8,14 @@
     python -m export score pngs/ more.npy --model vae --out scores.csv
     python -m export verify digits.png                        # was it made by this bundle?
     python -m export explorer --out site/ --serve             # the latent plane in a browser
+    python -m export score big.npy --batch-size 4096 --out scores.parquet --threads 8
 
 The bundle is ``--bundle DIR``, else ``$MNIST_VAE_BUNDLE``, else ``artifacts/export``. Inputs
 are read chunk by chunk (see ``export.inputs``), so scoring a large file needs little memory.
-Every PNG that ``generate`` writes records its provenance (``export.provenance``); ``verify``
+``score`` streams (``export.stream``): ``--batch-size`` rows at a time, a progress bar on a
+terminal, the output renamed into place only when complete. A bad record is reported on
+stderr and in the errors file and skipped (exit status 1); ``--strict`` stops at the first one
+(exit status 2, no output). Every PNG that ``generate`` writes records its provenance (``export.provenance``); ``verify``
 exits 0 only for a picture pixel-exactly regenerated from its record by the given bundle.
 """
 
@@ -19,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,25 +35,53 @@ import numpy as np
 from export import explorer, provenance
 from export.bundle import MODELS, PRECISIONS, Bundle, BundleError
 from export.images import save_grid
-from export.inputs import DEFAULT_CHUNK, Chunk, InputError, iter_chunks
+from export.inputs import Chunk, InputError, _split_key, iter_chunks
+from export.sinks import FORMATS, ErrorSink, ScoreSink, format_for
+from export.stream import RecordError, count_records, iter_records
 
 DEFAULT_BUNDLE = "artifacts/export"
+DEFAULT_BATCH = 4096
 
 
 class _Progress:
-    """A one-line image counter on stderr, only when stderr is a terminal."""
+    """A one-line counter on stderr (rows, rows/s, ETA when the total is known), only when
+    stderr is a terminal; redrawn at most ten times a second."""
 
-    def __init__(self, label: str) -> None:
-        self.label, self.count = label, 0
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self.label, self.total, self.count = label, total, 0
         self.live = sys.stderr.isatty()
+        self.started = self._drawn = time.perf_counter()
 
     def add(self, n: int) -> None:
         self.count += n
+        now = time.perf_counter()
+        if self.live and (now - self._drawn >= 0.1 or self.count == self.total):
+            self._drawn = now
+            self.draw(now)
+
+    def draw(self, now: float) -> None:
+        rate = self.count / max(now - self.started, 1e-9)
+        line = f"{self.label}: {self.count:,}"
+        if self.total:
+            left = max(self.total - self.count, 0) / rate if rate > 0 else 0.0
+            eta = time.strftime("%H:%M:%S", time.gmtime(left))
+            line += f"/{self.total:,} rows ({100 * self.count / self.total:.0f}%)"
+            line += f"  {rate:,.0f} rows/s  ETA {eta}"
+        else:
+            line += f" rows  {rate:,.0f} rows/s"
+        print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        """Print a line on stderr without breaking the counter."""
         if self.live:
-            print(f"\r{self.label}: {self.count:,} images", end="", file=sys.stderr, flush=True)
+            print("\r\x1b[K", end="", file=sys.stderr)
+        print(text, file=sys.stderr, flush=True)
+        if self.live:
+            self.draw(time.perf_counter())
 
     def close(self) -> None:
         if self.live:
+            self.draw(time.perf_counter())
             print(file=sys.stderr)
 
 
@@ -72,7 +104,7 @@ def _atomic_writer(path: Path) -> tuple[Path, Path]:
 def _chunks(args: argparse.Namespace, label: str) -> Iterator[Chunk]:
     progress = _Progress(label)
     try:
-        for chunk in iter_chunks(args.inputs, args.chunk_size):
+        for chunk in iter_chunks(args.inputs, args.batch_size):
             yield chunk
             progress.add(len(chunk.images))
     finally:
@@ -174,36 +206,98 @@ def cmd_encode(bundle: Bundle, args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_ERROR_LINES = 20  # record errors echoed on stderr; all of them go to the errors file
+
+
+def _errors_path(args: argparse.Namespace) -> Path:
+    if args.errors:
+        return Path(args.errors)
+    if args.out in (None, "-"):
+        return Path("score-errors.csv")
+    out = Path(args.out)
+    return out.with_name(f"{out.stem}.errors.csv")
+
+
 def cmd_score(bundle: Bundle, args: argparse.Namespace) -> int:
+    """Stream the inputs through the model ``args.batch_size`` rows at a time.
+
+    Exit status: 0 all scored; 1 some records failed (reported, the rest scored); 2 a fatal
+    error (``--strict`` makes the first bad record one), with no output file left behind.
+    """
+    if args.batch_size <= 0:
+        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
+    for name in args.inputs:  # a missing input is a mistake in the command, not a bad record
+        path, _ = _split_key(str(name))
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
     threshold = bundle.threshold(args.model)
-    chunks = _chunks(args, "score")
-    first = next(chunks)  # input errors surface before any output is written
-    to_stdout = args.out in (None, "-")
-    path, tmp = (None, None) if to_stdout else _atomic_writer(Path(args.out))
-    fh = sys.stdout if to_stdout else tmp.open("w", newline="")
+    fmt = format_for(args.out, args.format)
+    progress = _Progress("score", count_records(args.inputs))
+    pending: list[Chunk] = []
     n = flagged = 0
-    try:
-        writer = csv.writer(fh)
-        writer.writerow(["source", "index", "score", "anomaly"])
-        for chunk in itertools.chain([first], chunks):
-            scores = bundle.score(chunk.images, args.model)
-            for i, s in enumerate(scores):
-                writer.writerow([chunk.source, chunk.start + i, f"{s:.7g}", int(s > threshold)])
-            n += len(scores)
-            flagged += int((scores > threshold).sum())
-        if not to_stdout:
-            fh.close()
-            tmp.replace(path)
-    finally:
-        if not to_stdout:
-            fh.close()
-            tmp.unlink(missing_ok=True)
+
+    def flush(sink: ScoreSink) -> None:
+        nonlocal n, flagged
+        if not pending:
+            return
+        images = (
+            pending[0].images
+            if len(pending) == 1
+            else np.concatenate([c.images for c in pending], axis=0)
+        )
+        scores = bundle.score(images, args.model)
+        anomaly = scores > threshold
+        sources = [c.source for c in pending for _ in range(len(c.images))]
+        index = np.concatenate(
+            [np.arange(c.start, c.start + len(c.images), dtype=np.int64) for c in pending]
+        )
+        sink.write(sources, index, scores, anomaly)
+        n += len(scores)
+        flagged += int(anomaly.sum())
+        progress.add(len(scores))
+        pending.clear()
+
+    started = time.perf_counter()
+    with ScoreSink.open(args.out, fmt) as sink, ErrorSink(_errors_path(args)) as errors:
+        try:
+            rows = 0
+            for item in iter_records(args.inputs, args.batch_size):
+                if isinstance(item, RecordError):
+                    if args.strict:
+                        raise InputError(f"{item} (--strict: stopped at the first bad record)")
+                    errors.write(item.source, item.index, item.message)
+                    if errors.count <= MAX_ERROR_LINES:
+                        progress.message(f"skipped: {item}")
+                    continue
+                pending.append(item)
+                rows += len(item.images)
+                if rows >= args.batch_size:
+                    flush(sink)
+                    rows = 0
+            flush(sink)
+        finally:
+            progress.close()
+        sink.commit()
+        errors.commit()
+    seconds = time.perf_counter() - started
+    entry = bundle.manifest["anomaly"][args.model]
+    share = f" ({100 * flagged / n:.2f}%)" if n else ""
     print(
-        f"scored {n} images with the {args.model} ({bundle.manifest['anomaly'][args.model]['score']}): "
-        f"{flagged} above the threshold {threshold:.6g} (calibrated at fpr "
-        f"{bundle.manifest['anomaly']['fpr']})" + ("" if to_stdout else f"; wrote {args.out}"),
+        f"scored {n} images with the {args.model} ({entry['score']}) in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):,.0f} images/s): {flagged} anomalies{share} above the "
+        f"threshold {threshold:.6g} (calibrated at fpr {bundle.manifest['anomaly']['fpr']})"
+        + ("" if args.out in (None, "-") else f"; wrote {args.out} ({fmt})"),
         file=sys.stderr,
     )
+    if errors.count:
+        more = errors.count - MAX_ERROR_LINES
+        print(
+            f"{errors.count} records failed and were skipped"
+            + (f" ({more} not shown above)" if more > 0 else "")
+            + f"; see {errors.path}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -217,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False, parents=[bundle_arg])
     common.add_argument("--precision", choices=PRECISIONS, default="fp32", help="decoder precision")
+    common.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads (default 0: every core this process may use)",
+    )
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -238,11 +338,25 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_)
         p.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy .npz IDX .png folder .csv")
         p.add_argument("--model", choices=MODELS, default="vae")
-        p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="images per batch")
+        p.add_argument(
+            "--batch-size",
+            "--chunk-size",
+            dest="batch_size",
+            type=int,
+            default=DEFAULT_BATCH,
+            help=f"images read and run per batch; bounds memory (default {DEFAULT_BATCH})",
+        )
         if name == "encode":
             p.add_argument("--out", required=True, help=".csv (source, index, z_...) or .npy")
         else:
-            p.add_argument("--out", help="scores .csv (default: standard output)")
+            p.add_argument("--out", help="scores .csv or .parquet (default: CSV on stdout)")
+            p.add_argument("--format", choices=FORMATS, help="csv or parquet (default: by suffix)")
+            p.add_argument(
+                "--errors", help="errors file (default: OUT's stem + .errors.csv, written if any)"
+            )
+            p.add_argument(
+                "--strict", action="store_true", help="stop at the first bad record (exit 2)"
+            )
 
     ver = sub.add_parser(
         "verify",
@@ -301,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in OWN_BUNDLE:
             return OWN_BUNDLE[args.command](args)
-        bundle = Bundle.load(args.bundle, precision=args.precision)
+        bundle = Bundle.load(args.bundle, precision=args.precision, threads=args.threads)
         return COMMANDS[args.command](bundle, args)
     except (InputError, BundleError, ValueError, explorer.ExplorerError) as err:
         print(f"error: {err}", file=sys.stderr)

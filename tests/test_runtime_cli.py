@@ -112,7 +112,9 @@ def test_bad_input_and_tampered_bundle_exit_2(bundle_dir: str, tmp_path: Path):
     bad[3, 1, 1] = np.nan
     np.save(tmp_path / "bad.npy", bad)
     proc = cli(
-        ["score", "--bundle", bundle_dir, "bad.npy", "--out", "s.csv"], tmp_path, check=False
+        ["score", "--bundle", bundle_dir, "bad.npy", "--strict", "--out", "s.csv"],
+        tmp_path,
+        check=False,
     )
     assert proc.returncode == 2 and "bad.npy[3]: pixel value nan" in proc.stderr
     assert not (tmp_path / "s.csv").exists() and proc.stdout == ""

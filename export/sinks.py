@@ -1,0 +1,188 @@
+"""Row sinks for streamed scores and record errors: CSV or Parquet, written to a temporary file
+beside the target and renamed over it only when the job completes.
+
+    with ScoreSink.open("scores.parquet", fmt="parquet") as sink:
+        sink.write(["a.npy"] * 3, np.arange(3), scores, scores > threshold)
+        sink.commit()                  # rename; leaving the block without commit() removes it
+
+Parquet needs pyarrow (``pip install "mnist-vae[parquet]"``); it is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+
+FORMATS = ("csv", "parquet")
+COLUMNS = ("source", "index", "score", "anomaly")
+ROW_GROUP = 65536  # Parquet rows per row group
+
+
+def format_for(path: str | None, fmt: str | None) -> str:
+    """The output format: ``fmt`` when given, else from the file's suffix (csv by default)."""
+    if fmt is None:
+        fmt = "parquet" if path and Path(path).suffix.lower() == ".parquet" else "csv"
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "parquet" and path in (None, "-"):
+        raise ValueError("--format parquet needs --out FILE (Parquet is not streamed to stdout)")
+    return fmt
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("Parquet output needs pyarrow: pip install 'mnist-vae[parquet]'") from None
+    return pa, pq
+
+
+class ScoreSink:
+    """Rows (source, index, score, anomaly) to CSV (a file or stdout) or Parquet, atomically."""
+
+    def __init__(self, path: Path | None, fmt: str) -> None:
+        self.path, self.fmt, self.rows = path, fmt, 0
+        self.tmp = None if path is None else path.with_name(f".{path.name}.tmp")
+        self._fh: IO[str] | None = None
+        self._parquet: Any = None
+        self._pending: list[tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+        if fmt == "parquet":
+            self._pa, pq = _pyarrow()
+            self._schema = self._pa.schema(
+                [
+                    ("source", self._pa.dictionary(self._pa.int32(), self._pa.string())),
+                    ("index", self._pa.int64()),
+                    ("score", self._pa.float32()),
+                    ("anomaly", self._pa.bool_()),
+                ]
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._parquet = pq.ParquetWriter(str(self.tmp), self._schema)
+        else:
+            if path is None:
+                self._fh = sys.stdout
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = self.tmp.open("w", newline="")
+            csv.writer(self._fh).writerow(COLUMNS)
+
+    @classmethod
+    def open(cls, path: str | None, fmt: str | None = None) -> ScoreSink:
+        """A sink for ``path`` (None or "-": CSV on stdout) in ``fmt`` (default: by suffix)."""
+        fmt = format_for(path, fmt)
+        return cls(None if path in (None, "-") else Path(path), fmt)
+
+    def write(
+        self, sources: Sequence[str], index: np.ndarray, score: np.ndarray, anomaly: np.ndarray
+    ) -> None:
+        """Append rows: ``sources`` (k,) names, ``index`` (k,) ints, ``score`` (k,), ``anomaly`` (k,)."""
+        self.rows += len(score)
+        if self._parquet is not None:
+            self._pending.append((sources, index, score, anomaly))
+            self._pending_rows += len(score)
+            if self._pending_rows >= ROW_GROUP:
+                self._flush_parquet()
+            return
+        lines = [
+            f"{_csv_cell(s)},{i},{v:.7g},{int(a)}\n"
+            for s, i, v, a in zip(
+                sources, index.tolist(), score.tolist(), anomaly.tolist(), strict=True
+            )
+        ]
+        self._fh.write("".join(lines))
+
+    def _flush_parquet(self) -> None:
+        if not self._pending:
+            return
+        pa = self._pa
+        sources = [s for part in self._pending for s in part[0]]
+        table = pa.table(
+            {
+                "source": pa.array(sources, pa.string()).dictionary_encode(),
+                "index": np.concatenate([p[1] for p in self._pending]).astype(np.int64),
+                "score": np.concatenate([p[2] for p in self._pending]).astype(np.float32),
+                "anomaly": np.concatenate([p[3] for p in self._pending]).astype(bool),
+            },
+            schema=self._schema,
+        )
+        self._parquet.write_table(table)
+        self._pending.clear()
+        self._pending_rows = 0
+
+    def commit(self) -> None:
+        """Finish the file and rename it over the target."""
+        if self._parquet is not None:
+            self._flush_parquet()
+            self._parquet.close()
+            self._parquet = None
+        elif self._fh is not None:
+            self._fh.flush()
+            if self.path is not None:
+                self._fh.close()
+            self._fh = None
+        if self.tmp is not None:
+            self.tmp.replace(self.path)
+
+    def __enter__(self) -> ScoreSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._fh is not None and self.path is not None:
+            self._fh.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _csv_cell(text: str) -> str:
+    """Quote a CSV cell only where needed (a source name holding a comma, quote or newline)."""
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+class ErrorSink:
+    """The errors file (source, index, error): created at the first error, renamed at commit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self._fh: IO[str] | None = None
+        self._writer: Any = None
+
+    def write(self, source: str, index: int | None, message: str) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.tmp.open("w", newline="")
+            self._writer = csv.writer(self._fh)
+            self._writer.writerow(["source", "index", "error"])
+        self._writer.writerow([source, "" if index is None else index, message])
+        self.count += 1
+
+    def commit(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            self.tmp.replace(self.path)
+
+    def __enter__(self) -> ErrorSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self.tmp.unlink(missing_ok=True)
