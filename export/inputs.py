@@ -144,21 +144,23 @@ def _read_idx(path: Path) -> np.ndarray:
     return array if dtype == np.uint8 else array.astype(dtype.newbyteorder("="))
 
 
+def choose_npz_key(path: Path, names: list[str], key: str | None) -> str:
+    """The array of an .npz to read: ``key`` if given, else its only array, else ``images``."""
+    if key is None:
+        if len(names) == 1:
+            return names[0]
+        if "images" in names:
+            return "images"
+        example = f" (e.g. {path}:{names[0]})" if names else ""
+        raise InputError(f"{path}: holds {names}; name the array as {path}:KEY{example}")
+    if key not in names:
+        raise InputError(f"{path}: has no array {key!r}; it holds {names}")
+    return key
+
+
 def _read_npz(path: Path, key: str | None) -> np.ndarray:
     with np.load(path, allow_pickle=False) as npz:
-        names = list(npz.files)
-        if key is None:
-            if len(names) == 1:
-                key = names[0]
-            elif "images" in names:
-                key = "images"
-            else:
-                raise InputError(
-                    f"{path}: holds {names}; name the array as {path}:KEY (e.g. {path}:{names[0]})"
-                )
-        if key not in names:
-            raise InputError(f"{path}: has no array {key!r}; it holds {names}")
-        return npz[key]
+        return npz[choose_npz_key(path, list(npz.files), key)]
 
 
 def _read_png(path: Path) -> np.ndarray:

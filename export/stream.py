@@ -37,6 +37,7 @@ from export.inputs import (
     _read_png,
     _split_key,
     as_images,
+    choose_npz_key,
 )
 
 LAYOUTS = ((PIXELS,), IMAGE_SHAPE, (*IMAGE_SHAPE, 1))
@@ -188,17 +189,10 @@ def _npz_items(path: Path, key: str | None, source: str, batch_size: int) -> Ite
         return
     with archive:
         names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
-        if key is None:
-            if len(names) == 1:
-                key = names[0]
-            elif "images" in names:
-                key = "images"
-            else:
-                message = f"{path}: holds {names}; name the array as {path}:KEY"
-                yield RecordError(source, None, message)
-                return
-        if key not in names:
-            yield RecordError(source, None, f"{path}: has no array {key!r}; it holds {names}")
+        try:
+            key = choose_npz_key(path, names, key)
+        except InputError as err:
+            yield RecordError(source, None, str(err))
             return
         with archive.open(f"{key}.npy") as fh:
             try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_export_cli  # tests/ is on sys.path (rootdir conftest)
 from PIL import Image
 
 from export.bundle import Bundle
@@ -188,17 +189,9 @@ def test_memory_stays_bounded_by_the_batch_not_the_file(digits, tmp_path, name):
 # -- the CLI ------------------------------------------------------------------------------------
 
 
-def cli(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_VAE_BUNDLE"}
-    return subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **kwargs,
-    )
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m export ARGS``; each test checks the exit status itself."""
+    return run_export_cli(args, cwd, check=False)
 
 
 @pytest.fixture(scope="module")
