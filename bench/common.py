@@ -31,6 +31,20 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
+    """Float32 FLOP/s of numpy's matmul on n x n matrices: the best of ~``seconds`` of runs."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    a @ b
+    rates = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 5:
+        started = time.perf_counter()
+        a @ b
+        rates.append(2.0 * n**3 / (time.perf_counter() - started))
+    return float(np.max(rates))
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table, columns padded to their widest cell."""
     cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_RUN, load_test_images, machine, median_time, table  # noqa: E402
+from common import DEFAULT_RUN, load_test_images, machine, matmul_flops, median_time, table  # noqa: E402
 
 from export import scoring  # noqa: E402
 from export.bundle import Bundle  # noqa: E402
@@ -51,20 +50,6 @@ def flops_per_image(bundle: Bundle, model: str = "ae") -> float:
                 if shape is not None:
                     total += 2.0 * shape[0] * shape[1]
     return total
-
-
-def matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
-    """Float32 FLOP/s of numpy's matmul on n x n matrices: the best of ~``seconds`` of runs."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-    a @ b
-    rates = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(rates) < 5:
-        started = time.perf_counter()
-        a @ b
-        rates.append(2.0 * n**3 / (time.perf_counter() - started))
-    return float(np.max(rates))
 
 
 def batched(fn, images: np.ndarray, batch: int) -> np.ndarray:

@@ -3,19 +3,28 @@
     store = CheckpointStore(paths.model_dir("ae") / "checkpoint", key=run_key)
     state = store.load()            # None: nothing (valid) to resume from
     ...                             # after each epoch:
-    store.save(model, state)        # weights + optimizer, best weights, epoch, history, stopping
+    store.save(model, state, best, background=True)  # copied now, written on a second thread
+    store.wait()                    # when training ends: the last checkpoint is on disk
 
-One checkpoint is three files in its folder: ``epoch-NNNN.weights.h5`` (model and optimizer
-variables, as ``model.save_weights`` writes them), ``best-NNNN.npz`` (the early-stopping best
-weights) and ``state.json``, which names the other two with their sha256. ``state.json`` is
-written last, by atomic rename, so a kill at any moment leaves either the previous checkpoint or
-the new one, never a mix; files no ``state.json`` names are leftovers and get removed.
+One checkpoint is three files in its folder: ``epoch-NNNN.npz`` (every model and optimizer
+variable, the seed generators' states included, in a fixed order), ``best-NNNN.npz`` (the
+early-stopping best weights) and ``state.json``, which names the other two with their sha256.
+``state.json`` is written last, by atomic rename, so a kill at any moment leaves either the
+previous checkpoint or the new one, never a mix; files no ``state.json`` names are leftovers and
+get removed.
+
+Why a background writer: the training thread only copies the variables into numpy arrays
+(~17 MB for the default VAE, milliseconds); compressing nothing, hashing, writing and fsyncing
+happen on a second thread while the next epoch trains. At most one write is in flight: the next
+``save`` waits for the previous one, so checkpoints land in order and a write error surfaces at
+the next ``save`` or ``wait``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +34,7 @@ import numpy as np
 from pipeline.common import fsync_file, sha256_file, write_json_atomic
 
 STATE_FILE = "state.json"
-FORMAT = 1
+FORMAT = 2  # 2: one npz of all variables (1 was Keras' .weights.h5 plus separate seed states)
 
 
 @dataclass
@@ -41,7 +50,6 @@ class TrainingState:
     best_epoch: int = 0  # 0-based epoch of ``best``
     wait: int = 0  # epochs since the best one
     stopped: bool = False  # early stopping ended the run
-    rng_states: list[list[int]] = field(default_factory=list)  # Keras seed generators, in order
     weights_file: str = ""
     weights_sha256: str = ""
     best_file: str = ""
@@ -59,6 +67,9 @@ class CheckpointStore:
     def __init__(self, folder: Path, key: str) -> None:
         self.folder = Path(folder)
         self.key = key
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._best = ("", "")  # (file, sha256) of the best weights on disk
 
     @property
     def state_path(self) -> Path:
@@ -70,6 +81,7 @@ class CheckpointStore:
         A checkpoint of another config or dataset, or one whose files fail their sha256, is
         reported and ignored (training starts over); it is never half-used.
         """
+        self.wait()
         if not self.state_path.is_file():
             self._remove_unreferenced(None)
             return None
@@ -93,39 +105,70 @@ class CheckpointStore:
                 self.clear()
                 return None
         self._remove_unreferenced(state)
-        with np.load(self.folder / state.best_file, allow_pickle=False) as npz:
-            best_weights = [npz[f"w{i:04d}"] for i in range(len(npz.files))]
-        return state, best_weights
+        self._best = (state.best_file, state.best_sha256)
+        return state, read_arrays(self.folder / state.best_file)
 
     def weights_path(self, state: TrainingState) -> Path:
         return self.folder / state.weights_file
 
-    def save(self, model: Any, state: TrainingState, best_weights: list[np.ndarray]) -> None:
-        """Write the checkpoint after epoch ``state.epochs_done``; ``state`` gets the file names.
+    def save(
+        self,
+        model: Any,
+        state: TrainingState,
+        best_weights: list[np.ndarray],
+        background: bool = False,
+    ) -> None:
+        """Checkpoint the end of epoch ``state.epochs_done``; ``state`` gets the file names.
 
-        model: a compiled Keras model; its weights and optimizer variables are saved.
+        model: a compiled Keras model; its variables and its optimizer's are copied now.
+        background: return once they are copied and write them on a second thread (see the
+        module docstring); ``wait`` then blocks until they are on disk.
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state.rng_states = rng_states(model)
+        self.wait()  # one write in flight; raises the previous write's error, if any
+        variables = [np.array(v) for v in checkpoint_variables(model)]  # copies: training goes on
         epoch = state.epochs_done
-        weights = self.folder / f"epoch-{epoch:04d}.weights.h5"
-        model.save_weights(weights, overwrite=True)
-        state.weights_file, state.weights_sha256 = weights.name, sha256_file(weights)
-        if state.best_epoch + 1 == epoch or not state.best_file:  # the best weights changed
-            best = self.folder / f"best-{epoch:04d}.npz"
-            with best.open("wb") as fh:
-                np.savez(fh, **{f"w{i:04d}": w for i, w in enumerate(best_weights)})
-            state.best_file, state.best_sha256 = best.name, sha256_file(best)
-        for path in (
-            weights,
-            self.folder / state.best_file,
-        ):  # on disk before state.json names them
-            fsync_file(path)
-        write_json_atomic(self.state_path, asdict(state))  # the commit point
-        self._remove_unreferenced(state)
+        best_changed = state.best_epoch + 1 == epoch or not self._best[0]
+        best = [np.array(w) for w in best_weights] if best_changed else None
+        state.weights_file = f"epoch-{epoch:04d}.npz"
+        state.best_file = f"best-{epoch:04d}.npz" if best is not None else self._best[0]
+        snapshot = TrainingState(**json.loads(json.dumps(asdict(state))))  # frozen for the writer
+        snapshot.best_sha256 = self._best[1]  # replaced below when the best weights changed
+        self._writer = threading.Thread(
+            target=self._write, args=(snapshot, variables, best), name="checkpoint", daemon=True
+        )
+        self._writer.start()
+        if not background:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written is on disk; re-raise its error, if any."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _write(
+        self, state: TrainingState, variables: list[np.ndarray], best: list[np.ndarray] | None
+    ) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            weights = self.folder / state.weights_file
+            write_arrays(weights, variables)
+            state.weights_sha256 = sha256_file(weights)
+            if best is not None:
+                write_arrays(self.folder / state.best_file, best)
+                state.best_sha256 = sha256_file(self.folder / state.best_file)
+            write_json_atomic(self.state_path, asdict(state))  # the commit point
+            self._best = (state.best_file, state.best_sha256)
+            self._remove_unreferenced(state)
+        except BaseException as err:  # handed to the training thread by wait()
+            self._error = err
 
     def clear(self) -> None:
         """Remove the whole checkpoint folder (once the stage's artifacts are written)."""
+        self.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _remove_unreferenced(self, state: TrainingState | None) -> None:
@@ -137,23 +180,49 @@ class CheckpointStore:
                 path.unlink(missing_ok=True)
 
 
-def _seed_variables(model: Any) -> list[Any]:
-    # by position, not by path: Keras numbers seed generators per process (seed_generator_1, ...)
-    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+def write_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    """``arrays`` as an uncompressed npz (``a0000``, ``a0001``, ...), fsynced.
 
-
-def rng_states(model: Any) -> list[list[int]]:
-    """The states of the model's Keras seed generators (e.g. the VAE's ``Sampling`` layer).
-
-    ``save_weights`` leaves them out, yet a resumed VAE must draw the noise an unbroken run
-    would have drawn.
+    A failed write raises ``OSError`` naming ``path`` (a full disk is then reported clearly).
     """
-    return [np.asarray(v.numpy()).tolist() for v in _seed_variables(model)]
+    try:
+        with path.open("wb") as fh:
+            np.savez(fh, **{f"a{i:04d}": a for i, a in enumerate(arrays)})
+        fsync_file(path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
-def restore_rng_states(model: Any, states: list[list[int]]) -> None:
-    variables = _seed_variables(model)
-    if len(variables) != len(states):
-        raise ValueError(f"checkpoint has {len(states)} seed states, the model {len(variables)}")
-    for v, value in zip(variables, states, strict=True):
-        v.assign(np.asarray(value, dtype=np.dtype(v.dtype)))
+def read_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays ``write_arrays`` wrote, in order (no pickle)."""
+    with np.load(path, allow_pickle=False) as npz:
+        return [npz[f"a{i:04d}"] for i in range(len(npz.files))]
+
+
+def checkpoint_variables(model: Any) -> list[Any]:
+    """Every variable a resumed fit needs, in a fixed order: the model's (trainable, then
+    non-trainable, which holds the seed generators' states, e.g. the VAE's ``Sampling``), then
+    the optimizer's (iteration count, moments).
+
+    By position, not by path: Keras numbers seed generators per process (seed_generator_1, ...).
+    """
+    return [*model.trainable_variables, *model.non_trainable_variables, *model.optimizer.variables]
+
+
+def restore_variables(model: Any, path: Path) -> None:
+    """Assign the arrays of a checkpoint file to ``checkpoint_variables(model)``.
+
+    The optimizer must be built first. Raises ``ValueError`` for a checkpoint of another model.
+    """
+    variables = checkpoint_variables(model)
+    arrays = read_arrays(path)
+    if len(arrays) != len(variables):
+        raise ValueError(f"{path.name} holds {len(arrays)} variables, the model {len(variables)}")
+    for variable, value in zip(variables, arrays, strict=True):
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(
+                f"{path.name}: {variable.path} has shape {tuple(variable.shape)}, "
+                f"the checkpoint {value.shape}"
+            )
+    for variable, value in zip(variables, arrays, strict=True):
+        variable.assign(value.astype(np.dtype(variable.dtype), copy=False))

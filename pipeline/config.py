@@ -50,7 +50,10 @@ class TrainConfig:
     seed: int = 1234  # seeds Python, NumPy, TensorFlow and Keras; one place
     epochs: int = 30  # upper bound; early stopping may end sooner
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # peak learning rate (after warm-up)
+    lr_schedule: str = "cosine"  # "cosine" (warm-up, then cosine decay over epochs) | "constant"
+    warmup_epochs: int = 1  # cosine: linear warm-up from 0 over this many epochs
+    final_lr_fraction: float = 0.01  # cosine: the rate at the last epoch, as a fraction of the peak
     patience: int = 5  # epochs without val-loss improvement before stopping
     jit_compile: bool = True  # XLA; about 1.4x faster on CPU
     verbose: str = (
@@ -223,6 +226,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.beta must be >= 0, got {cfg.model.beta}")
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be positive, got {cfg.train.learning_rate}")
+    if cfg.train.lr_schedule not in ("cosine", "constant"):
+        raise ConfigError(
+            f"train.lr_schedule must be cosine or constant, got {cfg.train.lr_schedule!r}"
+        )
+    if cfg.train.warmup_epochs < 0:
+        raise ConfigError(f"train.warmup_epochs must be >= 0, got {cfg.train.warmup_epochs}")
+    if not 0.0 <= cfg.train.final_lr_fraction <= 1.0:
+        raise ConfigError(
+            f"train.final_lr_fraction must be in [0, 1], got {cfg.train.final_lr_fraction}"
+        )
     if cfg.train.patience < 0:
         raise ConfigError(f"train.patience must be >= 0, got {cfg.train.patience}")
     if cfg.train.verbose not in ("auto", "bar", "epoch", "quiet"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import CheckpointStore, TrainingState, restore_rng_states
+from pipeline.checkpoint import CheckpointStore, TrainingState, restore_variables
 from pipeline.common import (
     Paths,
     atomic_path,
@@ -68,9 +68,36 @@ def make_dataset(images: np.ndarray, batch_size: int, shuffle_seed: int | None) 
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def build_and_compile(kind: str, cfg: Config, jit_compile: bool | None = None) -> Any:
+def learning_rate(cfg: Config, train_size: int) -> Any:
+    """``train.learning_rate`` as a float, or as a Keras schedule over the whole epoch budget.
+
+    cosine: linear warm-up from 0 over ``warmup_epochs``, then cosine decay to
+    ``final_lr_fraction * learning_rate`` at the end of epoch ``train.epochs``. Its position is
+    the optimizer's iteration count, which the checkpoint restores, so a resumed run follows the
+    same curve.
+    """
+    import keras
+
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        return t.learning_rate
+    per_epoch = steps_per_epoch(train_size, t.batch_size)
+    warmup = min(t.warmup_epochs, t.epochs - 1) * per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else t.learning_rate,
+        decay_steps=max(1, t.epochs * per_epoch - warmup),
+        alpha=t.final_lr_fraction,
+        warmup_target=t.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def build_and_compile(
+    kind: str, cfg: Config, train_size: int, jit_compile: bool | None = None
+) -> Any:
     """A fresh, compiled autoencoder (``kind="ae"``) or VAE (``kind="vae"``).
 
+    train_size: images per epoch (the learning-rate schedule spans ``train.epochs`` of them).
     jit_compile: None follows ``cfg.train.jit_compile``.
     """
     import keras
@@ -80,7 +107,7 @@ def build_and_compile(kind: str, cfg: Config, jit_compile: bool | None = None) -
     spec = model_spec(cfg)
     model = build_autoencoder(spec) if kind == "ae" else build_vae(spec, seed=cfg.train.seed)
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate(cfg, train_size)),
         loss=SummedBinaryCrossentropy(),
         metrics=[keras.metrics.MeanSquaredError(name="mse")],
         jit_compile=cfg.train.jit_compile if jit_compile is None else jit_compile,
@@ -184,13 +211,13 @@ def _resumable_callbacks(
             state.best_epoch, state.wait = int(stopper.best_epoch), int(stopper.wait)
             state.stopped = bool(self.model.stop_training)
             if store is not None:
-                store.save(self.model, state, stopper.best_weights)
+                store.save(self.model, state, stopper.best_weights, background=True)
 
     return stopper, EpochCheckpoint()
 
 
 def _build_or_resume(
-    kind: str, cfg: Config, strategy: Any, store: CheckpointStore | None
+    kind: str, cfg: Config, train_size: int, strategy: Any, store: CheckpointStore | None
 ) -> tuple[Any, TrainingState, list[np.ndarray] | None]:
     """A compiled model, fresh or with the weights, optimizer and RNG state of the checkpoint."""
     import keras
@@ -200,7 +227,7 @@ def _build_or_resume(
     if cfg.train.jit_compile and not jit:
         print(f"train_{kind}: XLA off: it has no CPU collectives for {describe(strategy)}")
     with strategy.scope():
-        model = build_and_compile(kind, cfg, jit_compile=jit)
+        model = build_and_compile(kind, cfg, train_size, jit_compile=jit)
     found = store.load() if store is not None else None
     if found is None:
         return model, TrainingState(store.key if store else "", cfg.train.seed), None
@@ -208,14 +235,13 @@ def _build_or_resume(
     try:
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)  # its variables must exist to load
-            model.load_weights(store.weights_path(state))
-            restore_rng_states(model, state.rng_states)
+            restore_variables(model, store.weights_path(state))
             if len(best_weights) != len(model.get_weights()):
                 raise ValueError(f"{len(best_weights)} best-weight arrays for a different model")
     except (ValueError, OSError, KeyError) as err:  # a checkpoint of another model: start over
         print(f"train_{kind}: cannot resume from {store.folder} ({err}); starting over")
         store.clear()
-        model, _, _ = _build_or_resume(kind, cfg, strategy, None)
+        model, _, _ = _build_or_resume(kind, cfg, train_size, strategy, None)
         return model, TrainingState(store.key, cfg.train.seed), None  # still checkpointed
     print(
         f"train_{kind}: resuming after epoch {state.epochs_done} from {store.folder} "
@@ -244,7 +270,7 @@ def fit_model(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     strategy = get_strategy(cfg.train.strategy)  # before any other TF work (multi-worker)
     store = CheckpointStore(checkpoint_dir, checkpoint_key) if checkpoint_dir else None
-    model, state, best_weights = _build_or_resume(kind, cfg, strategy, store)
+    model, state, best_weights = _build_or_resume(kind, cfg, len(train_images), strategy, store)
     stopper, epoch_checkpoint = _resumable_callbacks(store, state, best_weights, cfg.train.patience)
     print(
         f"train_{kind}: {model.count_params():,} parameters, {len(train_images):,} train / "
@@ -252,18 +278,22 @@ def fit_model(
         f"{describe(strategy)}"
     )
     if state.epochs_done < cfg.train.epochs and not state.stopped:
-        model.fit(
-            make_train_dataset(
-                train_images, cfg.train.batch_size, cfg.train.seed, state.epochs_done
-            ),
-            steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
-            validation_data=make_dataset(val_images, cfg.train.batch_size, shuffle_seed=None),
-            initial_epoch=state.epochs_done,
-            epochs=cfg.train.epochs,
-            callbacks=[stopper, epoch_checkpoint, *(callbacks or [])],
-            shuffle=False,  # the tf.data pipeline already reshuffles every epoch
-            verbose=keras_verbosity(cfg.train.verbose),
-        )
+        try:
+            model.fit(
+                make_train_dataset(
+                    train_images, cfg.train.batch_size, cfg.train.seed, state.epochs_done
+                ),
+                steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
+                validation_data=make_dataset(val_images, cfg.train.batch_size, shuffle_seed=None),
+                initial_epoch=state.epochs_done,
+                epochs=cfg.train.epochs,
+                callbacks=[stopper, epoch_checkpoint, *(callbacks or [])],
+                shuffle=False,  # the tf.data pipeline already reshuffles every epoch
+                verbose=keras_verbosity(cfg.train.verbose),
+            )
+        finally:  # the last checkpoint reaches the disk, also when fit ends in an exception
+            if store is not None:
+                store.wait()
     elif best_weights is not None:  # the checkpoint is of the last epoch: nothing left to fit
         model.set_weights(best_weights)
     return model, state.history, state.seconds
