@@ -30,6 +30,7 @@ class ModelSpec:
     hidden_units: tuple[int, ...] = (512, 256)
     conv_filters: tuple[int, ...] = (32, 64)
     beta: float = 1.0
+    dropout: float = 0.0  # mlp: dropout after every hidden Dense layer while training
 
     def __post_init__(self) -> None:
         if self.architecture not in ("mlp", "conv"):
@@ -38,6 +39,13 @@ class ModelSpec:
             )
         if self.latent_dim <= 0:
             raise ValueError(f"latent_dim must be positive. Received: latent_dim={self.latent_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+
+
+def _dropout(x: keras.KerasTensor, spec: ModelSpec, name: str) -> keras.KerasTensor:
+    """Dropout at ``spec.dropout`` (none at 0); identity at inference, so ONNX graphs omit it."""
+    return layers.Dropout(spec.dropout, name=name)(x) if spec.dropout > 0 else x
 
 
 def _encoder_trunk(images: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
@@ -46,6 +54,7 @@ def _encoder_trunk(images: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTen
         x = layers.Flatten(name="flatten")(images)
         for i, units in enumerate(spec.hidden_units):
             x = layers.Dense(units, activation="relu", name=f"enc_dense_{i}")(x)
+            x = _dropout(x, spec, f"enc_dropout_{i}")
         return x
     x = layers.Reshape((28, 28, 1), name="add_channel")(images)
     for i, filters in enumerate(spec.conv_filters):
@@ -62,6 +71,7 @@ def _decoder_body(z: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
         x = z
         for i, units in enumerate(reversed(spec.hidden_units)):
             x = layers.Dense(units, activation="relu", name=f"dec_dense_{i}")(x)
+            x = _dropout(x, spec, f"dec_dropout_{i}")
         x = layers.Dense(28 * 28, activation="sigmoid", name="dec_pixels")(x)
         return layers.Reshape(IMAGE_SHAPE, name="pixels")(x)
     filters = list(reversed(spec.conv_filters))

@@ -43,6 +43,7 @@ class ModelConfig:
         64,
     )  # conv: stride-2 encoder filters (decoder mirrors them)
     beta: float = 1.0  # weight of the KL term in the VAE loss
+    dropout: float = 0.0  # mlp: dropout after every hidden layer while training; 0 = none
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.conv_filters takes at most 2 stride-2 layers (28 -> 14 -> 7), got {cfg.model.conv_filters}"
         )
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.beta < 0:
         raise ConfigError(f"model.beta must be >= 0, got {cfg.model.beta}")
     if cfg.train.learning_rate <= 0:

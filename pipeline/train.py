@@ -48,6 +48,7 @@ def model_spec(cfg: Config) -> Any:
         hidden_units=m.hidden_units,
         conv_filters=m.conv_filters,
         beta=m.beta,
+        dropout=m.dropout,
     )
 
 

@@ -1,0 +1,209 @@
+"""Regenerate the figures README.md and BENCHMARKS.md quote from the files of the runs they name.
+
+    .venv/bin/python bench/docs.py --run artifacts --binarized artifacts-binarized
+    .venv/bin/python bench/docs.py --run artifacts --check     # exit 1 if a block is stale
+
+Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
+and is rewritten whole from the run's ``run.json``, the training summaries, ``eval/metrics.json``
+and ``export/manifest.json``; text outside the blocks is left alone. A block whose run is not
+given (``--binarized``, ``--seeds``) keeps its text. Nothing in a block is typed by hand, so a
+figure cannot go stale without ``--check`` saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: python bench/docs.py
+    sys.path.insert(0, str(REPO))
+
+from pipeline.common import write_text_atomic  # noqa: E402
+from pipeline.report import METRIC_DOCS  # noqa: E402
+
+TRAINING_STAGES = ("ingest", "train_ae", "train_vae", "train_denoiser")
+BLOCK = re.compile(
+    r"(<!-- generated:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
+    re.DOTALL,
+)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"docs: {path} not found: run the pipeline first") from None
+
+
+def stage_seconds(run: Path) -> dict[str, float]:
+    return {name: s["seconds"] for name, s in read_json(run / "run.json")["stages"].items()}
+
+
+def training_result(run: Path, kind: str) -> str:
+    summary = read_json(run / kind / "summary.json")
+    ran, best = summary["epochs_run"], summary["best_epoch"]
+    text = (
+        f"{ran} epochs ({summary['seconds_per_epoch']:.1f} s each), best val loss "
+        f"**{summary['best_val_loss']:.2f}** nats/image at epoch {best} "
+        f"(train {summary['train_loss_at_best']:.2f})"
+    )
+    if "val_kl_at_best" in summary:
+        text += f", val KL {summary['val_kl_at_best']:.2f}"
+    return text
+
+
+def run_summary_block(run: Path) -> str:
+    """The stage table of the default run: wall time and result of every stage."""
+    seconds = stage_seconds(run)
+    info = read_json(run / "run.json")
+    versions = info["versions"]
+    metrics = read_json(run / "eval" / "metrics.json")
+    manifest = read_json(run / "export" / "manifest.json")
+    results = {
+        "ingest": "tfds built from the mirror: 55,000 / 5,000 / 10,000 digits",
+        "train_ae": training_result(run, "ae"),
+        "train_vae": training_result(run, "vae"),
+        "evaluate": f"{len(metrics)} metrics, figures and report",
+        "export": f"{len(manifest['files'])} files in the bundle, parity checked",
+    }
+    if "train_denoiser" in seconds:
+        results["train_denoiser"] = training_result(run, "denoiser")
+    training = sum(seconds.get(name, 0.0) for name in TRAINING_STAGES)
+    lines = [
+        f"`run_pipeline.py` (`{run.name}/run.json`, seed {info['seed']}; Python "
+        f"{versions['python']}, TensorFlow {versions.get('tensorflow', '?')}, Keras "
+        f"{versions.get('keras', '?')}): **{sum(seconds.values()):.0f} s** for the whole "
+        f"pipeline, of which ingest and training took **{training:.0f} s**.",
+        "",
+        "| stage | wall time | result |",
+        "| --- | ---: | --- |",
+    ]
+    for name, value in seconds.items():
+        lines.append(f"| {name} | {value:.1f} s | {results.get(name, '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_metric(key: str, value: float) -> str:
+    if key.endswith(("_k", "dead_units")):
+        return f"{value:.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def metrics_block(run: Path) -> str:
+    """Every metric of ``eval/metrics.json`` with its value and meaning."""
+    metrics = read_json(run / "eval" / "metrics.json")
+    lines = ["| key | default run | meaning |", "| --- | ---: | --- |"]
+    for key, value in metrics.items():
+        lines.append(f"| `{key}` | {format_metric(key, value)} | {METRIC_DOCS.get(key, '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdicts_block(run: Path) -> str:
+    """What the measures say about the article's claims, decided by the numbers."""
+    m = read_json(run / "eval" / "metrics.json")
+    lines = []
+    if {"ae.latent_empty_frac", "vae.latent_empty_frac"} <= m.keys():
+        ae, vae = m["ae.latent_empty_frac"], m["vae.latent_empty_frac"]
+        verdict = "fewer" if vae < ae else "no fewer"
+        lines.append(
+            f"- **Gaps.** The VAE's latent has {verdict} gaps than the AE's: {vae:.1%} of the "
+            f"cells of its train-latent box are empty against the AE's {ae:.1%} "
+            "(`*.latent_empty_frac`, one rule for both models)."
+        )
+    if {"denoise.psnr_gain_db", "denoise.class_kept"} <= m.keys():
+        lines.append(
+            f"- **Denoising.** The denoiser gains {m['denoise.psnr_gain_db']:+.2f} dB of PSNR "
+            f"and keeps the digit's class on {m['denoise.class_kept']:.1%} of the noisy test "
+            "digits (`denoise.*`)."
+        )
+    if {"ae.sample_fid", "vae.sample_fid"} <= m.keys():
+        better = "VAE" if m["vae.sample_fid"] < m["ae.sample_fid"] else "AE"
+        lines.append(
+            f"- **Generation.** The {better}'s samples are closer to real digits (sample FID "
+            f"AE {m['ae.sample_fid']:.1f}, VAE {m['vae.sample_fid']:.1f}; train vs test digits "
+            f"{m.get('reference.fid_train_test', float('nan')):.2f})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def binarized_block(run: Path) -> str:
+    """The likelihood benchmark's numbers from a run of ``configs/binarized.toml``."""
+    m = read_json(run / "eval" / "metrics.json")
+    vae = read_json(run / "vae" / "summary.json")
+    return (
+        "\n".join(
+            [
+                f"From `{run.name}` (VAE: {vae['epochs_run']} epochs, best at epoch "
+                f"{vae['best_epoch']}, best val loss {vae['best_val_loss']:.2f} nats):",
+                "",
+                "| | this project, 2-D latent |",
+                "| --- | ---: |",
+                f"| test ELBO (nats) | {m['vae.elbo_nats']:.2f} |",
+                f"| KL (nats) | {m['vae.kl_nats']:.2f} |",
+                f"| test NLL, K = {m['vae.nll_is_k']:.0f} (nats) | {m['vae.nll_is_nats']:.2f} |",
+            ]
+        )
+        + "\n"
+    )
+
+
+def seeds_block(path: Path) -> str:
+    """The seed table written by ``bench/seeds.py --markdown``."""
+    return path.read_text()
+
+
+def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
+    """``text`` with every generated block named in ``blocks`` rewritten."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in blocks:
+            return match.group(0)
+        return match.group(1) + blocks[name]() + match.group(4)
+
+    return BLOCK.sub(replace, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="the default run's --out")
+    parser.add_argument("--binarized", type=Path, help="a run of configs/binarized.toml")
+    parser.add_argument("--seeds", type=Path, help="bench/seeds.py --markdown output")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a block would change")
+    args = parser.parse_args(argv)
+    blocks: dict[str, Callable[[], str]] = {
+        "run-summary": lambda: run_summary_block(args.run),
+        "metrics": lambda: metrics_block(args.run),
+        "verdicts": lambda: verdicts_block(args.run),
+    }
+    if args.binarized:
+        blocks["binarized"] = lambda: binarized_block(args.binarized)
+    if args.seeds:
+        blocks["seeds"] = lambda: seeds_block(args.seeds)
+    stale = []
+    for doc in (REPO / "README.md", REPO / "BENCHMARKS.md"):
+        text = doc.read_text()
+        new = render(text, blocks)
+        if new != text:
+            stale.append(doc.name)
+            if not args.check:
+                write_text_atomic(doc, new)
+    if args.check and stale:
+        print(f"docs: stale generated blocks in {', '.join(stale)}", file=sys.stderr)
+        return 1
+    print(f"docs: {'rewrote ' + ', '.join(stale) if stale else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
