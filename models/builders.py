@@ -27,7 +27,7 @@ class ModelSpec:
 
     architecture: str = "mlp"  # "mlp" | "conv"
     latent_dim: int = 2
-    hidden_units: tuple[int, ...] = (512, 256)
+    hidden_units: tuple[int, ...] = (1024, 512, 256, 128)
     conv_filters: tuple[int, ...] = (32, 64)
     beta: float = 1.0
     dropout: float = 0.0  # mlp: dropout after every hidden Dense layer while training

@@ -37,7 +37,7 @@ class DataConfig:
 class ModelConfig:
     architecture: str = "mlp"  # "mlp" | "conv"
     latent_dim: int = 2  # 2 draws the pictures; larger scores better
-    hidden_units: tuple[int, ...] = (512, 256)  # mlp: encoder widths (decoder mirrors them)
+    hidden_units: tuple[int, ...] = (1024, 512, 256, 128)  # mlp: encoder widths (decoder mirrors)
     conv_filters: tuple[int, ...] = (
         32,
         64,
@@ -49,9 +49,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1234  # seeds Python, NumPy, TensorFlow and Keras; one place
-    epochs: int = 30  # upper bound; early stopping may end sooner
-    batch_size: int = 128
-    learning_rate: float = 1e-3  # peak learning rate (after warm-up)
+    epochs: int = 30  # the epoch budget (the schedule spans it); early stopping may end sooner
+    batch_size: int = 256
+    learning_rate: float = 2e-3  # peak learning rate (after warm-up)
     lr_schedule: str = "cosine"  # "cosine" (warm-up, then cosine decay over epochs) | "constant"
     warmup_epochs: int = 1  # cosine: linear warm-up from 0 over this many epochs
     final_lr_fraction: float = 0.01  # cosine: the rate at the last epoch, as a fraction of the peak
