@@ -6,7 +6,7 @@
 Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
 and is rewritten whole from the run's ``run.json``, the training summaries, ``eval/metrics.json``
 and ``export/manifest.json``; text outside the blocks is left alone. A block whose run is not
-given (``--binarized``, ``--seeds``) keeps its text. Nothing in a block is typed by hand, so a
+given (``--binarized``) keeps its text. Nothing in a block is typed by hand, so a
 figure cannot go stale without ``--check`` saying so.
 """
 
@@ -55,6 +55,8 @@ def training_result(run: Path, kind: str) -> str:
     )
     if "val_kl_at_best" in summary:
         text += f", val KL {summary['val_kl_at_best']:.2f}"
+    if "ended_by" in summary:
+        text += f"; ended by the {summary['ended_by'].replace('_', ' ')}"
     return text
 
 
@@ -136,6 +138,71 @@ def verdicts_block(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_sizes_block(run: Path) -> str:
+    """Sizes of the fp32 and int8 decoders and the int8 drift, from the bundle's manifest."""
+    manifest = read_json(run / "export" / "manifest.json")
+    files, models = manifest["files"], manifest["models"]
+    lines = [
+        "| model | fp32 | int8 | mean drift | max drift (one batch) | max drift (one latent at a time) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind in ("vae", "ae"):
+        fp32 = files[models[f"{kind}_decoder"]["file"]]["bytes"]
+        int8_model = models.get(f"{kind}_decoder_int8")
+        if int8_model is None:
+            continue
+        int8, drift = files[int8_model["file"]]["bytes"], int8_model["drift_vs_fp32"]
+        lines.append(
+            f"| {kind.upper()} decoder | {fp32:,} B | {int8:,} B ({int8 / fp32:.0%}) | "
+            f"{drift['mean_abs']:.4f} | {drift['max_abs']:.3f} | {drift['max_abs_one_at_a_time']:.3f} |"
+        )
+    parity = manifest["parity"]
+    worst = max(parity["models"].items(), key=lambda item: item[1]["worst_ratio_to_tolerance"])
+    lines += [
+        "",
+        f"Parity on {parity['samples']:,} test digits: the largest ORT-Keras difference of any "
+        f"model is {max(m['max_abs_diff'] for m in parity['models'].values()):.2g} "
+        f"({worst[0]}: {worst[1]['worst_ratio_to_tolerance']:.0%} of its allowance).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def manifest_excerpt_block(run: Path) -> str:
+    """The top of the bundle's manifest: everything but the per-file and per-model lists."""
+    manifest = read_json(run / "export" / "manifest.json")
+    excerpt = {
+        key: manifest[key]
+        for key in ("format_version", "latent_dim", "input", "anomaly", "latent_boxes")
+        if key in manifest
+    }
+    excerpt["models"] = {
+        name: {k: v for k, v in model.items() if k in ("file", "precision", "opset")}
+        for name, model in manifest["models"].items()
+    }
+    body = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in excerpt.items())
+    return "```json\n{\n" + body + "\n}\n```\n"
+
+
+def runtime_scores_block(run: Path) -> str:
+    """The runtime (``export.bundle.Bundle``, no TensorFlow) scoring the run's test digits."""
+    import numpy as np
+
+    from export.bundle import Bundle
+
+    with np.load(run / "data" / "mnist.npz", allow_pickle=False) as npz:
+        test = npz["test_images"].astype(np.float32) / np.float32(255.0)
+    bundle = Bundle.load(run / "export")
+    flagged = {kind: int(bundle.is_anomaly(test, model=kind).sum()) for kind in ("vae", "ae")}
+    metrics = read_json(run / "eval" / "metrics.json")
+    return (
+        f"On `{run.name}`, scoring its {len(test):,} test digits with the bundle flags "
+        f"{flagged['vae']} with the VAE and {flagged['ae']} with the AE "
+        f"({flagged['vae'] / len(test):.2%} and {flagged['ae'] / len(test):.2%}; the evaluate "
+        f"stage's `test_fpr` on the same digits: {metrics['vae.test_fpr']:.2%} and "
+        f"{metrics['ae.test_fpr']:.2%}).\n"
+    )
+
+
 def binarized_block(run: Path) -> str:
     """The likelihood benchmark's numbers from a run of ``configs/binarized.toml``."""
     m = read_json(run / "eval" / "metrics.json")
@@ -157,9 +224,13 @@ def binarized_block(run: Path) -> str:
     )
 
 
-def seeds_block(path: Path) -> str:
-    """The seed table written by ``bench/seeds.py --markdown``."""
-    return path.read_text()
+def vae_choices_block(path: Path) -> str:
+    """The table and seed summary of ``bench/vae_choices.py``'s results file."""
+    from bench.vae_choices import render, seed_groups
+
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    summary = seed_groups(lines)
+    return render(lines) + "\n" + (f"\n{summary}\n" if summary else "")
 
 
 def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
@@ -178,18 +249,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="the default run's --out")
     parser.add_argument("--binarized", type=Path, help="a run of configs/binarized.toml")
-    parser.add_argument("--seeds", type=Path, help="bench/seeds.py --markdown output")
+    parser.add_argument(
+        "--choices",
+        type=Path,
+        default=REPO / "bench" / "vae_choices.jsonl",
+        help="bench/vae_choices.py results",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a block would change")
     args = parser.parse_args(argv)
     blocks: dict[str, Callable[[], str]] = {
         "run-summary": lambda: run_summary_block(args.run),
         "metrics": lambda: metrics_block(args.run),
         "verdicts": lambda: verdicts_block(args.run),
+        "export-sizes": lambda: export_sizes_block(args.run),
+        "manifest-excerpt": lambda: manifest_excerpt_block(args.run),
+        "runtime-scores": lambda: runtime_scores_block(args.run),
     }
     if args.binarized:
         blocks["binarized"] = lambda: binarized_block(args.binarized)
-    if args.seeds:
-        blocks["seeds"] = lambda: seeds_block(args.seeds)
+    if args.choices.is_file():
+        blocks["vae-choices"] = lambda: vae_choices_block(args.choices)
     stale = []
     for doc in (REPO / "README.md", REPO / "BENCHMARKS.md"):
         text = doc.read_text()

@@ -84,64 +84,74 @@ def main() -> None:
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.seconds.append(time.perf_counter() - self.started)
 
-    def config(jit: bool) -> Any:
+    def config(jit: bool, batch_size: int | None = None) -> Any:
+        batch = [] if batch_size is None else [f"train.batch_size={batch_size}"]
         return load_config(
             args.config,
             [f"train.epochs={args.epochs}", f"train.jit_compile={str(jit).lower()}",
-             "train.verbose=quiet", f"train.patience={args.epochs + 1}"],
+             "train.verbose=quiet", f"train.patience={args.epochs + 1}", *batch],
         )  # fmt: skip
 
     base = config(True)
     train, _ = load_split(args.run / "data" / "mnist.npz", "train", base.data)
     val, _ = load_split(args.run / "data" / "mnist.npz", "validation", base.data)
     peaks = [matmul_flops()]
-    per_epoch: dict[tuple[str, bool, bool], float] = {}
+    per_epoch: dict[tuple[str, bool, bool, int], float] = {}
     rows = []
-    # each model: XLA with and without the checkpoint (the stage's setting first), then no XLA
-    for kind in ("ae", "vae"):
-        for jit, checkpointed in ((True, True), (True, False), (False, False)):
-            timer = EpochTimer()
-            with tempfile.TemporaryDirectory() as folder:
-                model, _, _ = fit_model(
-                    kind,
-                    config(jit),
-                    train,
-                    val,
-                    callbacks=[timer],
-                    checkpoint_dir=Path(folder) / "checkpoint" if checkpointed else None,
-                    checkpoint_key="bench",
-                )
-            peaks.append(matmul_flops())
-            seconds = statistics.median(timer.seconds[1:])
-            per_epoch[kind, jit, checkpointed] = seconds
-            flops = epoch_flops(model, len(train), len(val))
-            rows.append(
-                [kind, "on" if jit else "off", "yes" if checkpointed else "no",
-                 f"{seconds:.2f}", f"{flops / seconds / 1e9:.0f}", f"{flops / 1e9:.0f}",
-                 " ".join(f"{s:.2f}" for s in timer.seconds)]
-            )  # fmt: skip
-            print(f"  {rows[-1]}", file=sys.stderr)
+    # each model: XLA with and without the checkpoint (the stage's setting first), then no XLA;
+    # the VAE also at half the batch size (smaller matrices, more steps)
+    half = base.train.batch_size // 2
+    settings = [(kind, jit, checkpointed, base.train.batch_size) for kind in ("ae", "vae")
+                for jit, checkpointed in ((True, True), (True, False), (False, False))]  # fmt: skip
+    settings.append(("vae", True, False, half))
+    for kind, jit, checkpointed, batch in settings:
+        timer = EpochTimer()
+        with tempfile.TemporaryDirectory() as folder:
+            model, _, _ = fit_model(
+                kind,
+                config(jit, batch),
+                train,
+                val,
+                callbacks=[timer],
+                checkpoint_dir=Path(folder) / "checkpoint" if checkpointed else None,
+                checkpoint_key="bench",
+            )
+        peaks.append(matmul_flops())
+        seconds = statistics.median(timer.seconds[1:])
+        per_epoch[kind, jit, checkpointed, batch] = seconds
+        flops = epoch_flops(model, len(train), len(val))
+        rows.append(
+            [kind, batch, "on" if jit else "off", "yes" if checkpointed else "no",
+             f"{seconds:.2f}", f"{flops / seconds / 1e9:.0f}", f"{flops / 1e9:.0f}",
+             " ".join(f"{s:.2f}" for s in timer.seconds)]
+        )  # fmt: skip
+        print(f"  {rows[-1]}", file=sys.stderr)
     peak = statistics.median(peaks)
     for row in rows:
-        row.insert(5, f"{float(row[4]) * 1e9 / peak:.0%}")
+        row.insert(6, f"{float(row[5]) * 1e9 / peak:.0%}")
     print(f"machine: {machine()}")
     print(
-        f"default config ({len(train):,} train / {len(val):,} validation images, batch "
-        f"{base.train.batch_size}, {base.model.architecture} {list(base.model.hidden_units)}), "
+        f"default config ({len(train):,} train / {len(val):,} validation images, "
+        f"{base.model.architecture} {list(base.model.hidden_units)}), "
         f"{args.epochs} epochs per row; numpy float32 matmul {peak / 1e9:.0f} GFLOP/s "
         f"(median of {len(peaks)} samples, {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f})"
     )
     print()
-    print(table(["model", "XLA", "checkpoint", "s/epoch (median)", "GFLOP/s",
+    print(table(["model", "batch", "XLA", "checkpoint", "s/epoch (median)", "GFLOP/s",
                  "of matmul", "GFLOP/epoch", "every epoch s"], rows))  # fmt: skip
     print()
+    batch = base.train.batch_size
     for kind in ("ae", "vae"):
-        with_ck, without = per_epoch[kind, True, True], per_epoch[kind, True, False]
+        with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
         print(
             f"{kind}: checkpoint overhead {(with_ck - without) / without:+.1%} of an epoch "
             f"({with_ck:.2f} vs {without:.2f} s); XLA speed-up "
-            f"{per_epoch[kind, False, False] / without:.2f}x"
+            f"{per_epoch[kind, False, False, batch] / without:.2f}x"
         )
+    print(
+        f"vae: batch {half} takes {per_epoch['vae', True, False, half] / per_epoch['vae', True, False, batch]:.2f}x "
+        f"the seconds per epoch of batch {batch}"
+    )
 
 
 if __name__ == "__main__":
