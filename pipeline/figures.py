@@ -137,12 +137,13 @@ def denoise_figure(
     vae_out: np.ndarray,
     clean: np.ndarray,
     sigma: float,
+    denoiser_out: np.ndarray,
 ) -> None:
-    """Four rows: noisy inputs, AE outputs, VAE outputs, the clean originals; (columns, 28, 28) each."""
+    """Five rows: noisy inputs, AE, VAE and denoiser outputs, the clean originals; (columns, 28, 28) each."""
     _image_rows(
         path,
-        [noisy, ae_out, vae_out, clean],
-        [f"noisy (sigma {sigma:g})", "AE output", "VAE output", "clean"],
+        [noisy, ae_out, vae_out, denoiser_out, clean],
+        [f"noisy (sigma {sigma:g})", "AE output", "VAE output", "denoiser output", "clean"],
         None,
         "Denoising: Gaussian noise in, reconstruction out",
     )
