@@ -139,7 +139,8 @@ def denoise_figure(
     sigma: float,
     denoiser_out: np.ndarray,
 ) -> None:
-    """Five rows: noisy inputs, AE, VAE and denoiser outputs, the clean originals; (columns, 28, 28) each."""
+    """Five rows of (columns, 28, 28): noisy inputs, the AE's, the VAE's and the denoiser's
+    outputs, the clean originals."""
     _image_rows(
         path,
         [noisy, ae_out, vae_out, denoiser_out, clean],

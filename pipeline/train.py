@@ -60,7 +60,7 @@ def denoiser_spec(cfg: Config) -> Any:
 
 
 def build_model(kind: str, cfg: Config) -> Any:
-    """A fresh, uncompiled model: the AE or VAE of ``[model]``, or the denoiser of ``[denoiser]``."""
+    """A fresh, uncompiled model: the AE or VAE of ``[model]``, the denoiser of ``[denoiser]``."""
     from models import build_autoencoder, build_vae
 
     if kind == "denoiser":
