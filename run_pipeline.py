@@ -1,4 +1,4 @@
-"""Run the mnist-vae pipeline: ingest, train_ae, train_vae, evaluate, export.
+"""Run the mnist-vae pipeline: ingest, train_ae, train_vae, train_denoiser, evaluate, export.
 
 python run_pipeline.py --mirror ../shared/data/mnist
 python run_pipeline.py --config configs/smoke.toml --out /tmp/smoke --stages ingest,train_ae
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for name, result in results.items():
-        print(f"  {name:<10} {result['status']:<8} {result['seconds']:8.1f} s")
+        print(f"  {name:<14} {result['status']:<8} {result['seconds']:8.1f} s")
     print(f"artifacts in {paths.out.resolve()} (run.json, config.toml)")
     return 0
 

@@ -1,4 +1,4 @@
-"""Command line of the runtime: inspect a bundle, generate digits, encode and score images.
+"""Command line of the runtime: inspect a bundle, generate digits, encode, score and denoise images.
 
     python -m export info --bundle artifacts/export
     python -m export generate --n 100 --out digits.png          # 10 x 10 draws from the prior
@@ -6,6 +6,7 @@
     python -m export generate --z "0.4,0.4" --out one.png       # decode given latents (";" between)
     python -m export encode t10k-images-idx3-ubyte.gz --out latents.csv
     python -m export score pngs/ more.npy --model vae --out scores.csv
+    python -m export denoise noisy.npy --out clean.npy          # or clean.png (one grid), clean/
     python -m export verify digits.png                        # was it made by this bundle?
     python -m export explorer --out site/ --serve             # the latent plane in a browser
     python -m export score big.npy --batch-size 4096 --out scores.parquet --threads 8
@@ -25,7 +26,9 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -206,6 +209,52 @@ def cmd_encode(bundle: Bundle, args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_png_folder(chunks: Iterator[Chunk], bundle: Bundle, out: Path) -> int:
+    """One 28x28 PNG per denoised image, ``000000.png`` on in input order, into a new folder.
+
+    The folder is filled under a temporary name beside ``out`` and renamed into place, so it
+    appears complete or not at all; an existing non-empty ``out`` is refused, never replaced.
+    """
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise InputError(f"--out {out}: exists and is not an empty folder; choose a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    n = 0
+    try:
+        for chunk in chunks:
+            for image in bundle.denoise(chunk.images):
+                save_grid(image[np.newaxis], tmp / f"{n:06d}.png")
+                n += 1
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        os.replace(tmp, out)  # onto an empty folder, too
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return n
+
+
+def cmd_denoise(bundle: Bundle, args: argparse.Namespace) -> int:
+    """Noisy images -> the denoiser's output: one .npy array, one .png grid, or a PNG folder."""
+    sigma = bundle.denoiser_sigma()  # fails before any input is read if there is no denoiser
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix in (".npy", ".png"):
+        images = np.concatenate([bundle.denoise(c.images) for c in _chunks(args, "denoise")])
+        if suffix == ".npy":
+            path, tmp = _atomic_writer(out)
+            with tmp.open("wb") as fh:
+                np.save(fh, images)
+            tmp.replace(path)
+        else:
+            save_grid(images, out, columns=args.columns, scale=args.scale)
+        n = len(images)
+    elif suffix and not out.is_dir():
+        raise InputError(f"--out {out}: expected a .npy file, a .png file or a folder")
+    else:
+        n = _write_png_folder(_chunks(args, "denoise"), bundle, out)
+    print(f"wrote {n} denoised digits to {out} (denoiser trained at noise sigma {sigma:g})")
+    return 0
+
+
 MAX_ERROR_LINES = 20  # record errors echoed on stderr; all of them go to the errors file
 
 
@@ -358,6 +407,30 @@ def build_parser() -> argparse.ArgumentParser:
                 "--strict", action="store_true", help="stop at the first bad record (exit 2)"
             )
 
+    den = sub.add_parser(
+        "denoise",
+        parents=[common],
+        help="noisy images -> the denoiser's clean digits",
+        description="Run the bundle's denoiser on every image of the inputs, in order. --out "
+        "FILE.npy: one float32 array (n, 28, 28) in [0, 1]; FILE.png: one grid of all of them; "
+        "a folder (no suffix, new or empty): one 28x28 PNG per image, 000000.png, 000001.png, "
+        "... Nothing is left under the name unless every image was denoised.",
+    )
+    den.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy .npz IDX .png folder .csv")
+    den.add_argument(
+        "--batch-size",
+        "--chunk-size",
+        dest="batch_size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"images read and run per batch (default {DEFAULT_BATCH})",
+    )
+    den.add_argument(
+        "--out", required=True, help=".npy array (n, 28, 28), .png grid, or a folder of PNGs"
+    )
+    den.add_argument("--columns", type=int, help=".png grid: digits per row (default: square)")
+    den.add_argument("--scale", type=int, default=1, help=".png grid: enlarge this many times")
+
     ver = sub.add_parser(
         "verify",
         parents=[bundle_arg],
@@ -406,7 +479,13 @@ def cmd_explorer(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate, "encode": cmd_encode, "score": cmd_score}
+COMMANDS = {
+    "info": cmd_info,
+    "generate": cmd_generate,
+    "encode": cmd_encode,
+    "score": cmd_score,
+    "denoise": cmd_denoise,
+}
 OWN_BUNDLE = {"verify": cmd_verify, "explorer": cmd_explorer}  # they load the bundle themselves
 
 

@@ -4,6 +4,7 @@
     digits = bundle.sample(16, seed=0)                  # (16, 28, 28) float32 from the VAE prior
     z = bundle.encode(images, model="vae")              # (n, latent_dim): the posterior mean
     flags = bundle.is_anomaly(images, model="vae")      # (n,) bool at the calibrated threshold
+    clean = bundle.denoise(noisy_images)                # (n, 28, 28) float32: the denoiser
 
 ``precision="int8"`` swaps in the dynamically quantized decoders (encoders stay fp32). The
 anomaly thresholds were calibrated with the fp32 models; int8 scores move by the recorded drift.
@@ -29,6 +30,7 @@ FORMAT_VERSION = 1
 MODELS = ("ae", "vae")
 PRECISIONS = ("fp32", "int8")
 SCORES = {"ae": "reconstruction_mse", "vae": "negative_elbo"}
+DENOISER = "denoiser"  # its role in the manifest; bundles exported before it have none
 BATCH = 4096  # rows per session.run call; bounds memory for large inputs
 
 
@@ -118,7 +120,8 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 class Bundle:
-    """The exported AE and VAE as ONNX Runtime sessions (CPU), one per model, created once."""
+    """The exported AE, VAE and denoiser as ONNX Runtime sessions (CPU), one per model, created
+    once."""
 
     def __init__(
         self, directory: Path, manifest: dict[str, Any], precision: str, threads: int | None = None
@@ -136,6 +139,10 @@ class Bundle:
                 self._sessions[f"{kind}_{part}"] = _open_session(
                     directory / manifest["models"][role]["file"], threads
                 )
+        if DENOISER in manifest["models"]:  # fp32 whatever the precision: it is no decoder
+            self._sessions[DENOISER] = _open_session(
+                directory / manifest["models"][DENOISER]["file"], threads
+            )
 
     @classmethod
     def load(
@@ -262,6 +269,24 @@ class Bundle:
     def is_anomaly(self, images: Any, model: str = "vae") -> np.ndarray:
         """(n,) bool: score above the manifest threshold (calibrated at ``anomaly.fpr``)."""
         return self.score(images, model) > self.threshold(model)
+
+    def denoiser_sigma(self) -> float:
+        """The sigma of the clipped Gaussian noise the denoiser was trained on.
+
+        Raises ``BundleError`` for a bundle without a denoiser (exported before it existed).
+        """
+        if DENOISER not in self._sessions:
+            raise BundleError(
+                f"{self.directory}: the bundle has no denoiser ({MANIFEST} lists no "
+                f"{DENOISER!r} model); export it again from a run with the train_denoiser stage"
+            )
+        return float(self.manifest["models"][DENOISER]["trained_on"]["sigma"])
+
+    def denoise(self, images: Any) -> np.ndarray:
+        """Noisy images (n, 28, 28) (or any accepted layout) -> denoised (n, 28, 28) float32 in
+        [0, 1], by the denoising autoencoder (trained at noise ``denoiser_sigma()``)."""
+        self.denoiser_sigma()  # a clear error for a bundle without one
+        return self._sessions[DENOISER].run(as_images(images))["pixels"]
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.directory)!r}, precision={self.precision!r})"

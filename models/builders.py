@@ -2,6 +2,7 @@
 
     ae = build_autoencoder(ModelSpec(architecture="mlp", latent_dim=2))
     vae = build_vae(ModelSpec(architecture="conv", latent_dim=2), seed=1234)
+    denoiser = build_autoencoder(ModelSpec(latent_dim=32), name="denoiser", prefix="denoiser")
 
 Every model takes images (n, 28, 28) float32 in [0, 1]; decoders return pixels (n, 28, 28) in
 [0, 1] (sigmoid). The tensor names (`images`, `z`, `z_mean`, `z_log_var`, `pixels`) are the ones
@@ -87,31 +88,46 @@ def _decoder_body(z: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
     return layers.Reshape(IMAGE_SHAPE, name="pixels")(x)
 
 
-def build_encoder(spec: ModelSpec, variational: bool = False) -> keras.Model:
-    """images (n, 28, 28) -> z (n, latent_dim), or [z_mean, z_log_var] when ``variational``."""
+def build_encoder(
+    spec: ModelSpec, variational: bool = False, name: str | None = None
+) -> keras.Model:
+    """images (n, 28, 28) -> z (n, latent_dim), or [z_mean, z_log_var] when ``variational``.
+
+    name: the model's name (default ``ae_encoder`` or ``vae_encoder``).
+    """
     images = keras.Input(IMAGE_SHAPE, name="images")
     x = _encoder_trunk(images, spec)
     if not variational:
         z = layers.Dense(spec.latent_dim, name="z")(x)
-        return keras.Model(images, z, name="ae_encoder")
+        return keras.Model(images, z, name=name or "ae_encoder")
     z_mean = layers.Dense(spec.latent_dim, name="z_mean")(x)
     z_log_var = layers.Dense(spec.latent_dim, name="z_log_var")(x)
-    return keras.Model(images, [z_mean, z_log_var], name="vae_encoder")
+    return keras.Model(images, [z_mean, z_log_var], name=name or "vae_encoder")
 
 
-def build_decoder(spec: ModelSpec, variational: bool = False) -> keras.Model:
-    """z (n, latent_dim) -> pixels (n, 28, 28) in [0, 1]."""
+def build_decoder(
+    spec: ModelSpec, variational: bool = False, name: str | None = None
+) -> keras.Model:
+    """z (n, latent_dim) -> pixels (n, 28, 28) in [0, 1].
+
+    name: the model's name (default ``ae_decoder`` or ``vae_decoder``).
+    """
     z = keras.Input((spec.latent_dim,), name="z")
     pixels = _decoder_body(z, spec)
-    return keras.Model(z, pixels, name="vae_decoder" if variational else "ae_decoder")
+    return keras.Model(z, pixels, name=name or ("vae_decoder" if variational else "ae_decoder"))
 
 
-def build_autoencoder(spec: ModelSpec) -> keras.Model:
-    """images (n, 28, 28) -> reconstruction (n, 28, 28); encoder and decoder are its sub-models."""
-    encoder = build_encoder(spec)
-    decoder = build_decoder(spec)
+def build_autoencoder(
+    spec: ModelSpec, name: str = "autoencoder", prefix: str = "ae"
+) -> keras.Model:
+    """images (n, 28, 28) -> reconstruction (n, 28, 28); encoder and decoder are its sub-models.
+
+    The sub-models are named ``{prefix}_encoder`` and ``{prefix}_decoder`` (see ``submodel``).
+    """
+    encoder = build_encoder(spec, name=f"{prefix}_encoder")
+    decoder = build_decoder(spec, name=f"{prefix}_decoder")
     images = keras.Input(IMAGE_SHAPE, name="images")
-    return keras.Model(images, decoder(encoder(images)), name="autoencoder")
+    return keras.Model(images, decoder(encoder(images)), name=name)
 
 
 def build_vae(spec: ModelSpec, seed: int | None = None) -> keras.Model:

@@ -45,7 +45,7 @@ class Paths:
         return self.data_dir / "summary.json"
 
     def model_dir(self, kind: str) -> Path:
-        """``kind``: "ae" or "vae"."""
+        """``kind``: "ae", "vae" or "denoiser"."""
         return self.out / kind
 
     @property

@@ -64,6 +64,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DenoiserConfig:
+    # An MLP autoencoder trained on noisy inputs with clean targets. Its batch size, learning
+    # rate, patience, seed, XLA and strategy are [train]'s: it is the AE's architecture trained
+    # the same way, so only its size, its noise and its epoch budget need their own keys.
+    latent_dim: int = 32  # bottleneck; 2 (the drawable AE) turns a noisy digit into another one
+    hidden_units: tuple[int, ...] = (512, 256)  # encoder widths (decoder mirrors them)
+    noise_sigma: float = 0.3  # clipped Gaussian input noise, as evaluate.noise_sigma measures
+    epochs: int = 10  # upper bound; early stopping on the noisy validation split may end sooner
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     noise_sigma: float = 0.3  # Gaussian noise for the denoising figures and metrics
     nll_samples: int = 200  # K for the importance-sampled NLL
@@ -92,6 +103,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
@@ -194,6 +206,8 @@ def validate(cfg: Config) -> None:
         "model.latent_dim": cfg.model.latent_dim,
         "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
+        "denoiser.latent_dim": cfg.denoiser.latent_dim,
+        "denoiser.epochs": cfg.denoiser.epochs,
         "evaluate.nll_samples": cfg.evaluate.nll_samples,
         "evaluate.grid_size": cfg.evaluate.grid_size,
         "evaluate.confident_grid_size": cfg.evaluate.confident_grid_size,
@@ -225,6 +239,12 @@ def validate(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if any(u <= 0 for u in cfg.denoiser.hidden_units) or not cfg.denoiser.hidden_units:
+        raise ConfigError(
+            f"denoiser.hidden_units must be positive ints, got {cfg.denoiser.hidden_units}"
+        )
+    if not 0.0 < cfg.denoiser.noise_sigma <= 1.0:
+        raise ConfigError(f"denoiser.noise_sigma must be in (0, 1], got {cfg.denoiser.noise_sigma}")
     if cfg.model.beta < 0:
         raise ConfigError(f"model.beta must be >= 0, got {cfg.model.beta}")
     if cfg.train.learning_rate <= 0:

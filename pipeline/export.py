@@ -4,7 +4,8 @@
 
 Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 ``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
-decoders ``*_decoder.int8.onnx`` (dynamic quantization), the ``.keras`` models under ``keras/``,
+decoders ``*_decoder.int8.onnx`` (dynamic quantization), ``denoiser.onnx`` (noisy images ->
+pixels, checked on noisy test digits), the ``.keras`` models under ``keras/``,
 ``test_latents.npz`` (the test digits' latent positions and labels, for plots and the latent
 explorer) and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions).
 Encoder and decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX
@@ -31,6 +32,7 @@ from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
 from pipeline.common import Paths, library_versions, sha256_file, sha256_json, write_json_atomic
 from pipeline.config import Config
 from pipeline.data import load_split
+from pipeline.measures import add_noise
 
 KINDS = ("ae", "vae")
 # graph input and output names of each converted model, in the Keras model's output order
@@ -39,12 +41,14 @@ IO_NAMES = {
     "ae_decoder": ("z", ("pixels",)),
     "vae_encoder": ("images", ("z_mean", "z_log_var")),
     "vae_decoder": ("z", ("pixels",)),
+    "denoiser": ("images", ("pixels",)),
 }
 KERAS_FILES = ("model.keras", "encoder.keras", "decoder.keras")
 BATCH_DIM = "batch"
 ORT_DTYPES = {"tensor(float)": "float32"}
 PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity and drift checks
 TEST_LATENTS = "test_latents.npz"
+DENOISER = "denoiser"  # its role in the manifest and its folder under --out
 
 
 class ExportError(RuntimeError):
@@ -55,6 +59,8 @@ def export_inputs(paths: Paths) -> list[Path]:
     keras_files = [paths.model_dir(k) / name for k in KINDS for name in KERAS_FILES]
     return [
         *keras_files,
+        paths.model_dir(DENOISER) / "model.keras",
+        paths.model_dir(DENOISER) / "summary.json",  # the noise it was trained on
         paths.eval_dir / "metrics.json",
         paths.eval_dir / "latent_boxes.json",
         paths.dataset,
@@ -223,6 +229,26 @@ def measure_drift(fp32: Path, int8: Path, z: np.ndarray) -> dict[str, float]:
     }
 
 
+def export_checked(
+    model: Any, role: str, x: np.ndarray, folder: Path, cfg: Config
+) -> dict[str, float]:
+    """Convert ``model`` to ``folder/<role>.onnx`` and check it against Keras on inputs ``x``.
+
+    Returns the parity record (see ``check_parity``), which raises when out of tolerance.
+    """
+    import onnx
+
+    e = cfg.export
+    path = folder / f"{role}.onnx"
+    onnx.save(convert(model, role, e.opset), path)
+    parity = check_parity(role, path, _keras_outputs(model, x), x, e.parity_atol, e.parity_rtol)
+    print(
+        f"export: {role:<12} max |ORT - Keras| = {parity['max_abs_diff']:.2e} "
+        f"on {len(x)} inputs ({parity['worst_ratio_to_tolerance']:.0%} of the tolerance)"
+    )
+    return parity
+
+
 def _latent_inputs(z_test: np.ndarray, seed: int) -> np.ndarray:
     """Decoder inputs for the checks: encoded test digits plus draws from the prior."""
     prior = np.random.default_rng(seed).standard_normal((PRIOR_SAMPLES, z_test.shape[1]))
@@ -260,9 +286,7 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     """Convert, check and write every file of the bundle into ``folder``; returns the manifest."""
-    import onnx
-
-    from pipeline.evaluate import load_models
+    from pipeline.evaluate import load_denoiser, load_models
 
     metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
     missing = [f"{k}.anomaly_threshold" for k in KINDS if f"{k}.anomaly_threshold" not in metrics]
@@ -272,7 +296,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     models = load_models(paths)
     test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
     images = test_images[: cfg.export.parity_samples]
-    atol, rtol, opset = cfg.export.parity_atol, cfg.export.parity_rtol, cfg.export.opset
+    atol, rtol = cfg.export.parity_atol, cfg.export.parity_rtol
 
     entries: dict[str, dict[str, Any]] = {}
     parity: dict[str, dict[str, float]] = {}
@@ -280,20 +304,10 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
         enc_out = _keras_outputs(encoder, images)
         z = _latent_inputs(enc_out[0], cfg.train.seed)
-        for part, model, x, ref in (
-            ("encoder", encoder, images, enc_out),
-            ("decoder", decoder, z, _keras_outputs(decoder, z)),
-        ):
+        for part, model, x in (("encoder", encoder, images), ("decoder", decoder, z)):
             role = f"{kind}_{part}"
-            path = folder / f"{role}.onnx"
-            onnx.save(convert(model, role, opset), path)
-            parity[role] = check_parity(role, path, ref, x, atol, rtol)
-            entries[role] = {"file": path.name, "precision": "fp32"}
-            print(
-                f"export: {role:<12} max |ORT - Keras| = {parity[role]['max_abs_diff']:.2e} "
-                f"on {len(x)} inputs ({parity[role]['worst_ratio_to_tolerance']:.0%} of the "
-                "tolerance)"
-            )
+            parity[role] = export_checked(model, role, x, folder, cfg)
+            entries[role] = {"file": f"{role}.onnx", "precision": "fp32"}
         if cfg.export.int8:
             fp32_path = folder / f"{kind}_decoder.onnx"
             int8_path = folder / f"{kind}_decoder.int8.onnx"
@@ -318,6 +332,15 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
                 f"mean {drift['mean_abs']:.5f} (one at a time: max "
                 f"{drift['max_abs_one_at_a_time']:.4f})"
             )
+    # the denoiser, checked on the noisy digits it is made for
+    sigma = json.loads((paths.model_dir(DENOISER) / "summary.json").read_text())["noise_sigma"]
+    noisy = add_noise(images, sigma, seed=cfg.train.seed)
+    parity[DENOISER] = export_checked(load_denoiser(paths), DENOISER, noisy, folder, cfg)
+    entries[DENOISER] = {
+        "file": f"{DENOISER}.onnx",
+        "precision": "fp32",
+        "trained_on": {"noise": "clip(x + N(0, sigma^2), 0, 1) per pixel", "sigma": sigma},
+    }
     test_latents = write_test_latents(folder, test_images, test_labels)
     for entry in entries.values():
         entry.update(_io_spec(folder / entry["file"]))
@@ -328,6 +351,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     for kind in KINDS:
         for name in KERAS_FILES:
             shutil.copyfile(paths.model_dir(kind) / name, keras_dir / f"{kind}_{name}")
+    shutil.copyfile(paths.model_dir(DENOISER) / "model.keras", keras_dir / "denoiser_model.keras")
     files = {
         p.relative_to(folder).as_posix(): _file_entry(p)
         for p in sorted(folder.rglob("*"))

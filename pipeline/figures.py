@@ -137,12 +137,14 @@ def denoise_figure(
     vae_out: np.ndarray,
     clean: np.ndarray,
     sigma: float,
+    denoiser_out: np.ndarray,
 ) -> None:
-    """Four rows: noisy inputs, AE outputs, VAE outputs, the clean originals; (columns, 28, 28) each."""
+    """Five rows of (columns, 28, 28): noisy inputs, the AE's, the VAE's and the denoiser's
+    outputs, the clean originals."""
     _image_rows(
         path,
-        [noisy, ae_out, vae_out, clean],
-        [f"noisy (sigma {sigma:g})", "AE output", "VAE output", "clean"],
+        [noisy, ae_out, vae_out, denoiser_out, clean],
+        [f"noisy (sigma {sigma:g})", "AE output", "VAE output", "denoiser output", "clean"],
         None,
         "Denoising: Gaussian noise in, reconstruction out",
     )

@@ -31,6 +31,9 @@ METRIC_DOCS: dict[str, str] = {
     "vae.sample_fid": "VAE: Frechet distance of classifier features, prior samples vs test digits (lower is better).",
     "ae.denoise_psnr_gain_db": "AE: mean PSNR of its output minus PSNR of the noisy input, dB.",
     "vae.denoise_psnr_gain_db": "VAE: mean PSNR of its output minus PSNR of the noisy input, dB.",
+    "denoise.psnr_gain_db": "Denoiser: mean PSNR of its output minus PSNR of the noisy input, dB.",
+    "denoise.class_kept": "Denoiser: share of noisy test digits the classifier labels, once denoised, as it labels the clean digit.",
+    "denoise.noisy_class_kept": "The same share for the noisy inputs themselves, before denoising (the baseline).",
     "ae.anomaly_threshold": "AE: score (per-image MSE) exceeded by the configured share (1%) of validation digits.",
     "vae.anomaly_threshold": "VAE: score (-ELBO at z_mean, nats) exceeded by the configured share (1%) of validation digits.",
     "ae.test_fpr": "AE: fraction of clean test digits scored above the AE threshold.",
@@ -44,7 +47,7 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "latent_scatter": "Test digits in the 2-D latent: AE z beside VAE z_mean, coloured by label.",
     "vae_grid": "VAE decoder over the standard normal's 0.05-0.95 quantiles, decoded in one call.",
     "ae_grid": "AE decoder over the 1st-99th percentile box of its test latents.",
-    "denoise": "Noisy test digits, the AE's and the VAE's outputs, and the clean originals.",
+    "denoise": "Noisy test digits, the AE's, the VAE's and the denoiser's outputs, and the clean originals.",
     "anomalies": "Test digits with the highest anomaly scores (score / label).",
     "training_curves": "Train and validation losses per epoch of both models.",
 }

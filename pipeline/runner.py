@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import evaluate, ingest, train
+from pipeline import denoiser, evaluate, ingest, train
 from pipeline import export as export_stage
 from pipeline.common import (
     Paths,
@@ -73,6 +73,13 @@ STAGES: dict[str, Stage] = {
         ("data", "model", "train"),
         lambda p: [p.dataset],
         lambda p: _model_files(p, "vae"),
+    ),
+    "train_denoiser": Stage(
+        "train_denoiser",
+        denoiser.run,
+        ("data", "train", "denoiser"),
+        lambda p: [p.dataset],
+        denoiser.denoiser_outputs,
     ),
     "evaluate": Stage(
         "evaluate",

@@ -32,7 +32,7 @@ from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.distribute import describe, get_strategy, jit_supported
 
-KINDS = ("ae", "vae")
+KINDS = ("ae", "vae", "denoiser")  # the denoiser: see pipeline.denoiser
 MODEL_FILES = ("model.keras", "encoder.keras", "decoder.keras")
 CHECKPOINT_DIR = "checkpoint"  # under ae/ or vae/ while training; removed when the stage ends
 
@@ -52,6 +52,24 @@ def model_spec(cfg: Config) -> Any:
     )
 
 
+def denoiser_spec(cfg: Config) -> Any:
+    """The builders' ``ModelSpec`` of the denoising autoencoder, from ``[denoiser]`` (MLP)."""
+    from models import ModelSpec
+
+    d = cfg.denoiser
+    return ModelSpec(architecture="mlp", latent_dim=d.latent_dim, hidden_units=d.hidden_units)
+
+
+def build_model(kind: str, cfg: Config) -> Any:
+    """A fresh, uncompiled model: the AE or VAE of ``[model]``, the denoiser of ``[denoiser]``."""
+    from models import build_autoencoder, build_vae
+
+    if kind == "denoiser":
+        return build_autoencoder(denoiser_spec(cfg), name="denoiser", prefix="denoiser")
+    spec = model_spec(cfg)
+    return build_autoencoder(spec) if kind == "ae" else build_vae(spec, seed=cfg.train.seed)
+
+
 def keras_verbosity(setting: str) -> int:
     """Keras ``verbose``: a progress bar on a terminal, one line per epoch in logs and CI."""
     if setting == "auto":
@@ -59,11 +77,19 @@ def keras_verbosity(setting: str) -> int:
     return {"bar": 1, "epoch": 2, "quiet": 0}[setting]
 
 
-def make_dataset(images: np.ndarray, batch_size: int, shuffle_seed: int | None) -> Any:
-    """tf.data of (images, images) batches; shuffled each epoch when ``shuffle_seed`` is given."""
+def make_dataset(
+    images: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int | None,
+    inputs: np.ndarray | None = None,
+) -> Any:
+    """tf.data of (inputs, images) batches; shuffled each epoch when ``shuffle_seed`` is given.
+
+    inputs: (n, 28, 28) model inputs for the target ``images`` (default: the images themselves).
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, images))
+    ds = tf.data.Dataset.from_tensor_slices((images if inputs is None else inputs, images))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -96,17 +122,16 @@ def learning_rate(cfg: Config, train_size: int) -> Any:
 def build_and_compile(
     kind: str, cfg: Config, train_size: int, jit_compile: bool | None = None
 ) -> Any:
-    """A fresh, compiled autoencoder (``kind="ae"``) or VAE (``kind="vae"``).
+    """A fresh, compiled autoencoder (``kind="ae"``), VAE (``"vae"``) or denoiser (``"denoiser"``).
 
     train_size: images per epoch (the learning-rate schedule spans ``train.epochs`` of them).
     jit_compile: None follows ``cfg.train.jit_compile``.
     """
     import keras
 
-    from models import SummedBinaryCrossentropy, build_autoencoder, build_vae
+    from models import SummedBinaryCrossentropy
 
-    spec = model_spec(cfg)
-    model = build_autoencoder(spec) if kind == "ae" else build_vae(spec, seed=cfg.train.seed)
+    model = build_model(kind, cfg)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(cfg, train_size)),
         loss=SummedBinaryCrossentropy(),
@@ -138,17 +163,40 @@ def save_keras_atomic(model: Any, target: Path) -> None:
         model.save(tmp)
 
 
-def make_train_dataset(images: np.ndarray, batch_size: int, seed: int, first_epoch: int) -> Any:
+def add_batch_noise(images: Any, sigma: float, seed: int, step: Any) -> Any:
+    """clip(images + N(0, sigma^2), 0, 1) per pixel, the noise a function of (seed, step) only.
+
+    images: a (b, 28, 28) float32 tensor; step: its int64 global batch index. Stateless
+    Philox (not "auto_select", which may pick another algorithm on a GPU) keeps the noise of
+    a batch the same on any device and in a resumed run.
+    """
+    import tensorflow as tf
+
+    noise = tf.random.stateless_normal(
+        tf.shape(images), seed=tf.stack([tf.constant(seed, tf.int64), step]), alg="philox"
+    )
+    return tf.clip_by_value(images + sigma * noise, 0.0, 1.0)
+
+
+def make_train_dataset(
+    images: np.ndarray, batch_size: int, seed: int, first_epoch: int, input_noise: float = 0.0
+) -> Any:
     """Endless tf.data of (images, images) batches, reshuffled each epoch, starting at ``first_epoch``.
 
     Epoch k's order depends only on ``seed`` and k, so a run resumed at epoch k sees the batches
     an unbroken run would have seen. Each epoch ends with a (possibly short) last batch.
+    input_noise: if > 0, the inputs get fresh clipped Gaussian noise of this sigma, drawn from
+    (seed, global batch index) (``add_batch_noise``), so resumed runs see the same noise too.
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, images))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).repeat()
+    if input_noise > 0:
+        ds = ds.enumerate().map(
+            lambda step, pair: (add_batch_noise(pair[0], input_noise, seed, step), pair[1])
+        )
     if first_epoch:
         ds = ds.skip(first_epoch * steps_per_epoch(len(images), batch_size))
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -259,12 +307,16 @@ def fit_model(
     callbacks: list[Any] | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_key: str = "",
+    input_noise: float = 0.0,
+    val_inputs: np.ndarray | None = None,
 ) -> tuple[Any, dict[str, list[float]], float]:
     """Build, compile and fit one model under ``cfg.train.strategy``; no file I/O but the checkpoint.
 
-    train_images, val_images: (n, 28, 28) float32 in [0, 1].
+    train_images, val_images: (n, 28, 28) float32 in [0, 1], the targets.
     checkpoint_dir: if given, a checkpoint is written there after every epoch, and a checkpoint
     found there with the same ``checkpoint_key`` is resumed from (its last complete epoch).
+    input_noise: sigma of the clipped Gaussian noise added to each train batch's inputs (0: none).
+    val_inputs: (n_val, 28, 28) validation inputs, e.g. noisy digits (default: ``val_images``).
     Returns (model with the best validation weights, per-epoch history, seconds of training).
     """
     if kind not in KINDS:
@@ -282,10 +334,16 @@ def fit_model(
         try:
             model.fit(
                 make_train_dataset(
-                    train_images, cfg.train.batch_size, cfg.train.seed, state.epochs_done
+                    train_images,
+                    cfg.train.batch_size,
+                    cfg.train.seed,
+                    state.epochs_done,
+                    input_noise,
                 ),
                 steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
-                validation_data=make_dataset(val_images, cfg.train.batch_size, shuffle_seed=None),
+                validation_data=make_dataset(
+                    val_images, cfg.train.batch_size, shuffle_seed=None, inputs=val_inputs
+                ),
                 initial_epoch=state.epochs_done,
                 epochs=cfg.train.epochs,
                 callbacks=[stopper, epoch_checkpoint, *(callbacks or [])],

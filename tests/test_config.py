@@ -18,6 +18,7 @@ def test_smoke_config_is_small():
     cfg = load_config(SMOKE_CONFIG)
     assert cfg.data.train_size <= 1000
     assert cfg.train.epochs <= 2
+    assert cfg.denoiser.epochs <= 4
 
 
 def test_overrides_are_typed():
@@ -58,6 +59,9 @@ def test_config_is_frozen():
         ("data.validation_size=6000", "data.validation_size must be at most 5,000"),
         ("model.architecture=rnn", "model.architecture must be 'mlp' or 'conv'"),
         ("evaluate.anomaly_fpr=1.5", "evaluate.anomaly_fpr must be in (0, 1)"),
+        ("denoiser.noise_sigma=0", "denoiser.noise_sigma must be in (0, 1], got 0.0"),
+        ("denoiser.hidden_units=[]", "denoiser.hidden_units must be positive ints"),
+        ("denoiser.latent_dim=0", "denoiser.latent_dim must be positive, got 0"),
         ("train.epochs", "expected section.key=value"),
     ],
 )

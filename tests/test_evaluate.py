@@ -37,6 +37,9 @@ SPEC_KEYS = [
     "vae.sample_fid",
     "ae.denoise_psnr_gain_db",
     "vae.denoise_psnr_gain_db",
+    "denoise.psnr_gain_db",
+    "denoise.class_kept",
+    "denoise.noisy_class_kept",
     "ae.anomaly_threshold",
     "vae.anomaly_threshold",
     "ae.test_fpr",
@@ -68,6 +71,8 @@ def test_every_metric_is_present_finite_and_in_range(smoke_run: Path):
         "vae.grid_confident_frac",
         "ae.noise_auroc",
         "vae.noise_auroc",
+        "denoise.class_kept",
+        "denoise.noisy_class_kept",
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["vae.sample_fid"] >= 0.0

@@ -23,6 +23,7 @@ NAMES = {
     "ae_decoder": (["z"], ["pixels"]),
     "vae_encoder": (["images"], ["z_mean", "z_log_var"]),
     "vae_decoder": (["z"], ["pixels"]),
+    "denoiser": (["images"], ["pixels"]),
 }
 
 
@@ -71,6 +72,10 @@ def test_manifest_records_files_thresholds_boxes_and_config(smoke_run: Path):
         for name in ("model", "encoder", "decoder"):
             copy = export_dir / "keras" / f"{kind}_{name}.keras"
             assert sha256_file(copy) == sha256_file(smoke_run / kind / f"{name}.keras")
+    copy = export_dir / "keras" / "denoiser_model.keras"
+    assert sha256_file(copy) == sha256_file(smoke_run / "denoiser" / "model.keras")
+    assert manifest["models"]["denoiser"]["trained_on"]["sigma"] == cfg.denoiser.noise_sigma
+    assert manifest["models"]["denoiser"]["outputs"][0]["shape"] == ["batch", 28, 28]
     for role, (inputs, outputs) in NAMES.items():
         entry = manifest["models"][role]
         assert [i["name"] for i in entry["inputs"]] == inputs
@@ -84,7 +89,8 @@ def test_manifest_records_files_thresholds_boxes_and_config(smoke_run: Path):
 
 def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
     from pipeline.common import Paths
-    from pipeline.evaluate import anomaly_scores, encode_decode, load_models
+    from pipeline.evaluate import anomaly_scores, encode_decode, load_denoiser, load_models
+    from pipeline.measures import add_noise
 
     models = load_models(Paths(smoke_run))
     images, _ = load_split(smoke_run / "data" / "mnist.npz", "test")
@@ -110,6 +116,9 @@ def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
     z_mean, z_log_var = bundle.posterior(images)
     keras_mean, keras_log_var = models["vae_encoder"].predict(images, verbose=0)
     np.testing.assert_allclose(z_log_var, keras_log_var, atol=1e-5, rtol=1e-6)
+    noisy = add_noise(images, 0.3, seed=0)
+    expected = load_denoiser(Paths(smoke_run)).predict(noisy, verbose=0)
+    np.testing.assert_allclose(bundle.denoise(noisy), expected, atol=1e-5, rtol=1e-6)
 
 
 def test_rerun_skips_and_failed_parity_writes_nothing(smoke_run: Path, tmp_path: Path):

@@ -32,7 +32,13 @@ def _copy_run(smoke_run: Path, dest: Path, parts: tuple[str, ...]) -> Path:
     (dest / "stages").mkdir()
     for part in parts:
         shutil.copytree(smoke_run / part, dest / part)
-        stage = {"data": "ingest", "ae": "train_ae", "vae": "train_vae", "eval": "evaluate"}[part]
+        stage = {
+            "data": "ingest",
+            "ae": "train_ae",
+            "vae": "train_vae",
+            "denoiser": "train_denoiser",
+            "eval": "evaluate",
+        }[part]
         shutil.copy(smoke_run / "stages" / f"{stage}.json", dest / "stages")
     return dest
 
@@ -126,7 +132,7 @@ def test_sigkill_at_random_points_then_rerun_completes(
     assert len(kills) >= 4, f"only {len(kills)} kills landed: {kills}"
     assert any("resuming after epoch" in text for text in logs), "no run resumed a checkpoint"
     # complete, loadable, consistent, and nothing half-written left behind
-    for kind in ("ae", "vae"):
+    for kind in ("ae", "vae", "denoiser"):  # smoke.toml's denoiser.epochs is 4 too
         history = (out / kind / "history.csv").read_text().splitlines()
         assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3", "4"]
         assert not (out / kind / "checkpoint").exists()

@@ -89,6 +89,9 @@ def test_builders_shapes_and_names(architecture):
     pixels = keras.ops.convert_to_numpy(dec(np.zeros((5, 3), np.float32)))
     assert pixels.shape == (5, 28, 28) and pixels.min() >= 0.0 and pixels.max() <= 1.0
     assert build_autoencoder(spec)(x).shape == (5, 28, 28)
+    denoiser = build_autoencoder(spec, name="denoiser", prefix="denoiser")
+    assert denoiser.name == "denoiser" and denoiser(x).shape == (5, 28, 28)
+    assert [m.name for m in denoiser.layers[1:]] == ["denoiser_encoder", "denoiser_decoder"]
     vae = build_vae(spec, seed=1)
     assert vae(x).shape == (5, 28, 28)
     assert submodel(vae, "vae_decoder").name == "vae_decoder"

@@ -39,6 +39,18 @@ def test_smoke_run_writes_every_artifact(smoke_run: Path):
         assert all(np.isfinite(float(r["val_loss"])) for r in rows)
         summary = json.loads((smoke_run / kind / "summary.json").read_text())
         assert summary["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    for name in ("model.keras", "history.csv", "summary.json"):
+        assert (smoke_run / "denoiser" / name).is_file(), f"denoiser/{name} missing"
+    rows = list(csv.DictReader((smoke_run / "denoiser" / "history.csv").open()))
+    cfg = load_config(SMOKE_CONFIG)
+    assert 1 <= len(rows) <= cfg.denoiser.epochs
+    summary = json.loads((smoke_run / "denoiser" / "summary.json").read_text())
+    assert summary["model"] == "denoiser" and summary["noise_sigma"] == cfg.denoiser.noise_sigma
+    assert summary["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    assert (
+        np.isfinite(summary["val_psnr_gain_db"])
+        and not (smoke_run / "denoiser" / "checkpoint").exists()
+    )
     vae_rows = list(csv.DictReader((smoke_run / "vae" / "history.csv").open()))
     for row in vae_rows:  # loss = recon + beta * kl, beta = 1
         assert float(row["loss"]) == pytest.approx(float(row["recon"]) + float(row["kl"]), rel=1e-5)
@@ -63,7 +75,7 @@ def test_run_json_records_config_versions_and_stages(smoke_run: Path):
     assert info["seed"] == load_config(SMOKE_CONFIG).train.seed
     for lib in ("tensorflow", "keras", "tensorflow-datasets", "numpy"):
         assert info["versions"][lib]
-    for stage in ("ingest", "train_ae", "train_vae", "evaluate"):
+    for stage in ("ingest", "train_ae", "train_vae", "train_denoiser", "evaluate", "export"):
         assert info["stages"][stage]["status"] in ("ran", "skipped")
         assert info["stages"][stage]["seconds"] >= 0
     assert load_config(smoke_run / "config.toml") == load_config(SMOKE_CONFIG)
@@ -105,6 +117,9 @@ def test_models_reload_in_a_fresh_process_with_the_same_outputs(smoke_run: Path,
         expected[f"{kind}_dec"] = dec.predict(z, verbose=0)
     ae = keras.saving.load_model(smoke_run / "ae" / "model.keras", safe_mode=True)
     expected["ae_model"] = ae.predict(images, verbose=0)  # the AE as a whole is deterministic
+    denoiser = keras.saving.load_model(smoke_run / "denoiser" / "model.keras", safe_mode=True)
+    assert denoiser.name == "denoiser"
+    expected["denoiser"] = denoiser.predict(images, verbose=0)
     np.savez(tmp_path / "inputs.npz", images=images, z=z)
     script = textwrap.dedent(
         f"""
@@ -123,6 +138,8 @@ def test_models_reload_in_a_fresh_process_with_the_same_outputs(smoke_run: Path,
             out[kind + "_dec"] = dec.predict(inp["z"], verbose=0)
         ae = keras.saving.load_model(run / "ae" / "model.keras", safe_mode=True)
         out["ae_model"] = ae.predict(inp["images"], verbose=0)
+        den = keras.saving.load_model(run / "denoiser" / "model.keras", safe_mode=True)
+        out["denoiser"] = den.predict(inp["images"], verbose=0)
         np.savez({str(tmp_path / "fresh.npz")!r}, **out)
         """
     )

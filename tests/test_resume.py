@@ -12,7 +12,8 @@ import pytest
 from pipeline.checkpoint import CheckpointStore, TrainingState
 from pipeline.config import load_config
 from pipeline.data import load_split
-from pipeline.train import fit_model
+from pipeline.measures import add_noise
+from pipeline.train import add_batch_noise, fit_model, make_train_dataset, steps_per_epoch
 from tests.conftest import SMOKE_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -38,16 +39,22 @@ def splits(smoke_run: Path) -> tuple[np.ndarray, np.ndarray]:
     return load_split(dataset, "train")[0], load_split(dataset, "validation")[0]
 
 
-@pytest.mark.parametrize(("kind", "jit"), [("ae", "false"), ("vae", "true")])
+@pytest.mark.parametrize(("kind", "jit"), [("ae", "false"), ("vae", "true"), ("denoiser", "false")])
 def test_resumed_fit_equals_unbroken_fit(splits, tmp_path, kind, jit):
     """Interrupted after epoch 1, resumed and interrupted again after the last epoch (before the
-    artifacts), resumed again: the same history and weights as one unbroken fit."""
+    artifacts), resumed again: the same history and weights as one unbroken fit. The denoiser's
+    train batches carry fresh input noise, which a resumed run must draw exactly the same."""
     train, val = splits
     cfg = load_config(
         SMOKE_CONFIG,
         ["train.epochs=3", "train.patience=2", "train.verbose=quiet", f"train.jit_compile={jit}"],
     )
-    unbroken, unbroken_history, _ = fit_model(kind, cfg, train, val)
+    noise = (
+        {"input_noise": 0.3, "val_inputs": add_noise(val, 0.3, seed=5)}
+        if kind == "denoiser"
+        else {}
+    )
+    unbroken, unbroken_history, _ = fit_model(kind, cfg, train, val, **noise)
     folder = tmp_path / "checkpoint"
     for stop_after in (1, 3):
         with pytest.raises(SimulatedKillError):
@@ -59,6 +66,7 @@ def test_resumed_fit_equals_unbroken_fit(splits, tmp_path, kind, jit):
                 callbacks=[InterruptAfter(stop_after)],
                 checkpoint_dir=folder,
                 checkpoint_key="k",
+                **noise,
             )
         state = json.loads((folder / "state.json").read_text())
         assert state["epochs_done"] == stop_after
@@ -66,13 +74,41 @@ def test_resumed_fit_equals_unbroken_fit(splits, tmp_path, kind, jit):
             ["state.json", state["weights_file"], state["best_file"]]
         )
     resumed, resumed_history, _ = fit_model(
-        kind, cfg, train, val, checkpoint_dir=folder, checkpoint_key="k"
+        kind, cfg, train, val, checkpoint_dir=folder, checkpoint_key="k", **noise
     )
     assert resumed_history == unbroken_history  # every epoch's losses, bit for bit
     assert len(resumed_history["val_loss"]) == 3
     for a, b in zip(resumed.get_weights(), unbroken.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(resumed.optimizer.iterations.numpy()) == int(unbroken.optimizer.iterations.numpy())
+
+
+def test_input_noise_is_a_function_of_seed_and_batch_index(splits):
+    """A dataset started at epoch 2 yields the noisy batches an unbroken one yields there, each
+    the clean batch plus ``add_batch_noise`` at its global index; targets stay clean."""
+    train, _ = splits
+    steps = steps_per_epoch(len(train), 64)
+    unbroken = list(
+        make_train_dataset(train, 64, seed=7, first_epoch=0, input_noise=0.3).take(3 * steps)
+    )
+    resumed = list(
+        make_train_dataset(train, 64, seed=7, first_epoch=2, input_noise=0.3).take(steps)
+    )
+    for (a_in, a_target), (b_in, b_target) in zip(unbroken[2 * steps :], resumed, strict=True):
+        np.testing.assert_array_equal(a_in.numpy(), b_in.numpy())
+        np.testing.assert_array_equal(a_target.numpy(), b_target.numpy())
+    clean = make_train_dataset(train, 64, seed=7, first_epoch=0)  # the same order, no noise
+    for index, ((noisy, target), (plain, _)) in enumerate(zip(unbroken, clean, strict=False)):
+        np.testing.assert_array_equal(target.numpy(), plain.numpy())
+        expected = add_batch_noise(target, 0.3, 7, np.int64(index)).numpy()
+        np.testing.assert_array_equal(noisy.numpy(), expected)
+    x, y = (t.numpy() for t in unbroken[0])
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert 0.1 < float(np.std(x - y)) < 0.3  # clipped sigma-0.3 noise, not none, not more
+    # another batch index or seed draws other noise for the same pixels
+    other = add_batch_noise(unbroken[0][1], 0.3, 7, np.int64(1)).numpy()
+    assert not np.array_equal(other, x)
+    assert not np.array_equal(add_batch_noise(unbroken[0][1], 0.3, 8, np.int64(0)).numpy(), x)
 
 
 def _tiny_model() -> keras.Model:

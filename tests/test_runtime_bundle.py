@@ -148,9 +148,10 @@ def test_int8_decoders_drift_within_the_recorded_bound(
 
 def test_sessions_are_created_once(bundle: Bundle, test_digits: np.ndarray):
     before = dict(bundle._sessions)
-    assert sorted(before) == ["ae_decoder", "ae_encoder", "vae_decoder", "vae_encoder"]
+    assert sorted(before) == ["ae_decoder", "ae_encoder", "denoiser", "vae_decoder", "vae_encoder"]
     bundle.score(test_digits[:5], "vae")
     bundle.sample(3)
+    bundle.denoise(test_digits[:5])
     assert all(bundle._sessions[k] is v for k, v in before.items())
 
 

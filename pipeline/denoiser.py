@@ -1,0 +1,149 @@
+"""Stage `train_denoiser`: a denoising autoencoder, noisy digits in and clean digits out.
+
+    python run_pipeline.py --stages ingest,train_denoiser --set denoiser.latent_dim=32
+
+The 2-D AE and VAE are shaped to draw their latent plane, not to denoise: through two numbers a
+noisy digit often comes back as another digit. This stage trains a separate MLP autoencoder
+(``[denoiser]``: a wider latent) on the train split, each batch with fresh clipped Gaussian
+noise on its inputs and the clean digits as targets, and early-stops on the validation split
+under one fixed draw of the same noise. It is fitted by ``pipeline.train.fit_model`` with the
+``[train]`` settings but ``denoiser.epochs``, so it checkpoints every epoch and resumes like
+the AE and VAE; the noise of a batch depends only on the seed and the batch's index.
+
+Writes under ``denoiser/``: ``model.keras`` (images (n, 28, 28) -> pixels (n, 28, 28)),
+``history.csv`` and ``summary.json``. ``denoise_metrics`` is what the evaluate stage reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.checkpoint import CheckpointStore
+from pipeline.common import Paths, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from pipeline.config import Config
+from pipeline.data import load_split
+from pipeline.measures import add_noise, psnr
+from pipeline.train import (
+    CHECKPOINT_DIR,
+    checkpoint_key,
+    fit_model,
+    history_csv,
+    save_keras_atomic,
+)
+
+KIND = "denoiser"  # the model kind for pipeline.train and the folder under --out
+FILES = ("model.keras", "history.csv", "summary.json")
+PREDICT_BATCH = 1024
+
+
+def denoiser_outputs(paths: Paths) -> list[Path]:
+    return [paths.model_dir(KIND) / name for name in FILES]
+
+
+def fit_config(cfg: Config) -> Config:
+    """``cfg`` with ``train.epochs`` set to ``denoiser.epochs``: what ``fit_model`` reads."""
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, epochs=cfg.denoiser.epochs)
+    )
+
+
+def denoise(model: Any, images: np.ndarray) -> np.ndarray:
+    """The denoiser's output for ``images`` (n, 28, 28) in [0, 1]: (n, 28, 28) float32."""
+    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+
+
+def denoise_metrics(
+    clean: np.ndarray,
+    noisy: np.ndarray,
+    denoised: np.ndarray,
+    clean_probs: np.ndarray,
+    classifier: Any,
+) -> dict[str, float]:
+    """The ``denoise.*`` metrics: PSNR gain and how often the classifier still sees the digit.
+
+    clean, noisy, denoised: (n, 28, 28) float32 in [0, 1]; clean_probs: (n, 10) the
+    classifier's probabilities on ``clean``. A digit is kept when the classifier's label of the
+    denoised image equals its label of the clean one (not the dataset label: a clean digit the
+    classifier gets wrong should not count against the denoiser).
+    """
+    clean_label = np.asarray(clean_probs).argmax(axis=1)
+
+    def kept(images: np.ndarray) -> float:
+        probs = classifier.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+        return float(np.mean(probs.argmax(axis=1) == clean_label))
+
+    gain = psnr(clean, denoised) - psnr(clean, noisy)
+    return {
+        "denoise.psnr_gain_db": float(gain.mean()),
+        "denoise.class_kept": kept(denoised),
+        "denoise.noisy_class_kept": kept(noisy),
+    }
+
+
+def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    """Fit the denoiser and write its artifacts; returns the summary written to ``summary.json``.
+
+    Resumes from ``denoiser/checkpoint/`` when a run of the same config and data was interrupted;
+    the checkpoint is removed once every artifact is written.
+    """
+    d = cfg.denoiser
+    train_images, _ = load_split(paths.dataset, "train", cfg.data)
+    val_images, _ = load_split(paths.dataset, "validation", cfg.data)
+    # one fixed draw for early stopping, the same clipped noise the evaluate stage measures with
+    val_noisy = add_noise(val_images, d.noise_sigma, seed=cfg.train.seed)
+    fit_cfg = fit_config(cfg)
+    out = paths.model_dir(KIND)
+    checkpoint_dir = out / CHECKPOINT_DIR
+    key = sha256_json(
+        {
+            "fit": checkpoint_key(KIND, fit_cfg, sha256_file(paths.dataset)),
+            "denoiser": cfg.section("denoiser"),  # size and noise: another model, another run
+        }
+    )
+    model, history, seconds = fit_model(
+        KIND,
+        fit_cfg,
+        train_images,
+        val_images,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_key=key,
+        input_noise=d.noise_sigma,
+        val_inputs=val_noisy,
+    )
+
+    save_keras_atomic(model, out / "model.keras")
+    write_text_atomic(out / "history.csv", history_csv(history, None))
+    noisy_psnr = psnr(val_images, val_noisy)
+    val_gain = psnr(val_images, denoise(model, val_noisy)) - noisy_psnr
+    best = int(np.argmin(history["val_loss"]))
+    summary = {
+        "model": KIND,
+        "parameters": int(model.count_params()),
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best + 1,
+        "best_val_loss": float(history["val_loss"][best]),
+        "train_loss_at_best": float(history["loss"][best]),
+        "loss": "summed Bernoulli NLL of the clean digit over 784 pixels given the noisy one, "
+        "nats/image",
+        "seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / max(1, len(history["loss"])), 3),
+        "jit_compile": cfg.train.jit_compile,
+        "latent_dim": d.latent_dim,
+        "hidden_units": list(d.hidden_units),
+        "noise_sigma": d.noise_sigma,
+        "val_noisy_psnr_db": float(noisy_psnr.mean()),
+        "val_psnr_gain_db": float(val_gain.mean()),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    print(
+        f"train_{KIND}: best val_loss {summary['best_val_loss']:.2f} nats at epoch "
+        f"{summary['best_epoch']}/{summary['epochs_run']}, validation PSNR gain "
+        f"{summary['val_psnr_gain_db']:+.2f} dB (sigma {d.noise_sigma:g}) in {seconds:.0f} s "
+        f"-> {out}"
+    )
+    CheckpointStore(checkpoint_dir, "").clear()
+    return summary
