@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the bundle's denoiser on every image of the inputs, in order. --out "
         "FILE.npy: one float32 array (n, 28, 28) in [0, 1]; FILE.png: one grid of all of them; "
         "a folder (no suffix, new or empty): one 28x28 PNG per image, 000000.png, 000001.png, "
-        "... Nothing is left under the name unless every image was denoised.",
+        "... Nothing is left under the name unless every image was denoised; a bad input "
+        "stops it with one error line and exit status 2.",
     )
     den.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy .npz IDX .png folder .csv")
     den.add_argument(

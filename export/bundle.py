@@ -120,8 +120,7 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 class Bundle:
-    """The exported AE, VAE and denoiser as ONNX Runtime sessions (CPU), one per model, created
-    once."""
+    """The exported AE, VAE (and denoiser) as ONNX Runtime sessions (CPU), one per model."""
 
     def __init__(
         self, directory: Path, manifest: dict[str, Any], precision: str, threads: int | None = None

@@ -2,7 +2,7 @@
 
     ae = build_autoencoder(ModelSpec(architecture="mlp", latent_dim=2))
     vae = build_vae(ModelSpec(architecture="conv", latent_dim=2), seed=1234)
-    denoiser = build_autoencoder(ModelSpec(latent_dim=32), name="denoiser", prefix="denoiser")
+    denoiser = build_autoencoder(ModelSpec(latent_dim=128), name="denoiser", prefix="denoiser")
 
 Every model takes images (n, 28, 28) float32 in [0, 1]; decoders return pixels (n, 28, 28) in
 [0, 1] (sigmoid). The tensor names (`images`, `z`, `z_mean`, `z_log_var`, `pixels`) are the ones

@@ -1,6 +1,6 @@
 """Stage `train_denoiser`: a denoising autoencoder, noisy digits in and clean digits out.
 
-    python run_pipeline.py --stages ingest,train_denoiser --set denoiser.latent_dim=32
+    python run_pipeline.py --stages ingest,train_denoiser --set denoiser.epochs=10
 
 The 2-D AE and VAE are shaped to draw their latent plane, not to denoise: through two numbers a
 noisy digit often comes back as another digit. This stage trains a separate MLP autoencoder
