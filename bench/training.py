@@ -10,11 +10,13 @@ images), through ``pipeline.train.fit_model`` exactly as the train stages call i
 includes its validation pass. The first epoch also traces (and with XLA compiles) the step, so
 it is left out: the per-epoch figure is the median of the others.
 
-FLOPs: a training step costs about 3x the forward pass (forward, then gradients with respect to
-activations and weights), and the forward pass costs 2 FLOPs per multiply-add of every Dense and
-convolution layer; the validation pass adds one forward pass per validation image. The matmul
-rate is the best of ~1 s of 1024^3 float32 products, sampled between the fits (the median of the
-samples is the reference).
+FLOPs (``epoch_flops``): 2 per multiply-add of every Dense and convolution layer; a train image
+costs the forward pass, the gradient with respect to the weights and, for every layer but the
+first, the gradient with respect to the layer's input; a validation image costs the forward
+pass. The matmul rate is the best of ~1 s of 1024^3 float32 products, sampled between the fits
+(the median of the samples is the reference). The checkpoint's cost is measured twice: the
+median epoch with and without it (two fits of each, alternating), and the time the training
+thread spends inside ``CheckpointStore.save``.
 """
 
 from __future__ import annotations
@@ -34,29 +36,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_RUN, REPO, machine, matmul_flops, table  # noqa: E402
 
 
-def forward_macs(model: Any) -> int:
-    """Multiply-adds of one image's forward pass through every Dense and conv layer of ``model``
-    (nested sub-models included)."""
+def layer_macs(model: Any) -> list[int]:
+    """Multiply-adds of one image's forward pass through each Dense and conv layer of ``model``,
+    in order (nested sub-models included)."""
     import keras
 
-    total = 0
+    macs: list[int] = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            total += forward_macs(layer)
+            macs += layer_macs(layer)
         elif isinstance(layer, keras.layers.Dense):
-            total += int(layer.kernel.shape[0] * layer.kernel.shape[1])
+            macs.append(int(layer.kernel.shape[0] * layer.kernel.shape[1]))
         elif isinstance(layer, keras.layers.Conv2DTranspose):
             _, height, width, _ = layer.input.shape  # each input pixel meets the whole kernel
-            total += int(height * width * int(keras.ops.size(layer.kernel)))
+            macs.append(int(height * width * int(keras.ops.size(layer.kernel))))
         elif isinstance(layer, keras.layers.Conv2D):
             _, height, width, _ = layer.output.shape
-            total += int(height * width * int(keras.ops.size(layer.kernel)))
-    return total
+            macs.append(int(height * width * int(keras.ops.size(layer.kernel))))
+    return macs
 
 
 def epoch_flops(model: Any, n_train: int, n_val: int) -> float:
-    """FLOPs of one epoch: 3 passes per train image, 1 per validation image, 2 FLOPs per MAC."""
-    return 2.0 * forward_macs(model) * (3 * n_train + n_val)
+    """FLOPs of one epoch, 2 per multiply-add: a train image costs the forward pass, the gradient
+    with respect to the weights and, for every layer but the first (whose input is the image),
+    the gradient with respect to its input; a validation image costs the forward pass."""
+    macs = layer_macs(model)
+    train = 3 * sum(macs) - macs[0]
+    return 2.0 * (train * n_train + sum(macs) * n_val)
 
 
 def main() -> None:
@@ -69,6 +75,7 @@ def main() -> None:
 
     import keras
 
+    from pipeline.checkpoint import CheckpointStore
     from pipeline.config import load_config
     from pipeline.data import load_split
     from pipeline.train import fit_model
@@ -100,10 +107,24 @@ def main() -> None:
     rows = []
     # each model: XLA with and without the checkpoint (the stage's setting first), then no XLA;
     # the VAE also at half the batch size (smaller matrices, more steps)
+    # with and without the checkpoint twice each, alternating, so that a drift of the machine's
+    # speed during the run does not pass for the checkpoint's cost
     half = base.train.batch_size // 2
+    pairs = ((True, True), (True, False), (True, True), (True, False), (False, False))
     settings = [(kind, jit, checkpointed, base.train.batch_size) for kind in ("ae", "vae")
-                for jit, checkpointed in ((True, True), (True, False), (False, False))]  # fmt: skip
+                for jit, checkpointed in pairs]  # fmt: skip
     settings.append(("vae", True, False, half))
+    epochs: dict[tuple[str, bool, bool, int], list[float]] = {}
+    blocked = {"seconds": 0.0, "calls": 0}  # the training thread's time inside store.save
+    save = CheckpointStore.save
+
+    def timed_save(self: CheckpointStore, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        save(self, *args, **kwargs)
+        blocked["seconds"] += time.perf_counter() - started
+        blocked["calls"] += 1
+
+    CheckpointStore.save = timed_save  # type: ignore[method-assign]
     for kind, jit, checkpointed, batch in settings:
         timer = EpochTimer()
         with tempfile.TemporaryDirectory() as folder:
@@ -117,8 +138,10 @@ def main() -> None:
                 checkpoint_key="bench",
             )
         peaks.append(matmul_flops())
+        key = (kind, jit, checkpointed, batch)
+        epochs.setdefault(key, []).extend(timer.seconds[1:])
         seconds = statistics.median(timer.seconds[1:])
-        per_epoch[kind, jit, checkpointed, batch] = seconds
+        per_epoch[key] = statistics.median(epochs[key])  # over every row of this setting
         flops = epoch_flops(model, len(train), len(val))
         rows.append(
             [kind, batch, "on" if jit else "off", "yes" if checkpointed else "no",
@@ -145,9 +168,14 @@ def main() -> None:
         with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
         print(
             f"{kind}: checkpoint overhead {(with_ck - without) / without:+.1%} of an epoch "
-            f"({with_ck:.2f} vs {without:.2f} s); XLA speed-up "
-            f"{per_epoch[kind, False, False, batch] / without:.2f}x"
+            f"(median epoch {with_ck:.2f} vs {without:.2f} s over both rows of each); XLA "
+            f"speed-up {per_epoch[kind, False, False, batch] / without:.2f}x"
         )
+    print(
+        f"the training thread spent {blocked['seconds'] / blocked['calls'] * 1e3:.0f} ms per "
+        f"checkpoint inside CheckpointStore.save (median epoch with a checkpoint: "
+        f"{per_epoch['vae', True, True, batch]:.2f} s)"
+    )
     print(
         f"vae: batch {half} takes {per_epoch['vae', True, False, half] / per_epoch['vae', True, False, batch]:.2f}x "
         f"the seconds per epoch of batch {batch}"
