@@ -330,8 +330,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _pct_pm(mean: float, std: float | None) -> str:
-    return _pct(mean) + ("" if std is None else f" ± {_pct(std)}")
+def _pct_pm(mean: float, std: float | None, digits: int = 1) -> str:
+    return f"{100 * mean:.{digits}f}" + ("" if std is None else f" ± {100 * std:.{digits}f}")
+
+
+def below_published(ours: float, published: float) -> bool:
+    """Ours (a fraction) below a published percentage, compared as printed (one decimal)."""
+    return round(100 * ours, 1) < published
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -368,10 +373,11 @@ def format_table(result: dict[str, Any]) -> str:
     head = result["headline"]
     lines += [
         "",
+        # two decimals: the spread over seeds of a ten-digit mean is well below 0.1
         f"Headline: `{head['score']}` ({head['chosen_by']}), mean AUROC "
-        f"{_pct_pm(head['mean'], head['std'])} % over {len(seeds)} seed(s) "
+        f"{_pct_pm(head['mean'], head['std'], digits=2)} % over {len(seeds)} seed(s) "
         "(mean across digits, then mean ± sample std over seeds; per seed: "
-        + ", ".join(_pct(m) for m in head["per_seed_mean"])
+        + ", ".join(f"{100 * m:.2f}" for m in head["per_seed_mean"])
         + ")",
     ]
     if digits == list(DIGITS):
@@ -382,7 +388,7 @@ def format_table(result: dict[str, Any]) -> str:
             behind = [
                 f"{d} ({_pct(per_digit[i])} vs {published[d]:.1f})"
                 for i, d in enumerate(digits)
-                if 100 * per_digit[i] < published[d]
+                if below_published(per_digit[i], published[d])
             ]
             name = label.split(" (")[0]
             lines.append(
