@@ -399,6 +399,7 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         lines[-1] += "."
     lines += latent_table(result)
+    lines += training_lines(result)
     m = result["machine"]
     loads = m.get("loadavg_samples") or []
     lines.append(
@@ -436,6 +437,29 @@ def latent_table(result: dict[str, Any]) -> list[str]:
     chosen = [str(per_digit[str(d)]["chosen"]) for d in digits]
     lines += ["| chosen | " + " | ".join(chosen) + " |", ""]
     return lines
+
+
+def training_lines(result: dict[str, Any]) -> list[str]:
+    """One markdown line: how long the fits of the chosen latent sizes ran (epochs run and best
+    epoch, over every seed, digit and model), to show whether early stopping ended them."""
+    fits = [
+        record[kind]
+        for run in result["runs"]
+        for record in run["digits"].values()
+        for kind in ("ae", "vae")
+        if kind in record
+    ]
+    if not fits:
+        return []
+    run_epochs = [f["epochs_run"] for f in fits]
+    best = [f["best_epoch"] for f in fits]
+    return [
+        f"Fits at the chosen sizes: {len(fits)} (AE and VAE, every seed and digit), "
+        f"{min(run_epochs)}-{max(run_epochs)} epochs run of at most "
+        f"{result['setting']['epochs']}, best validation epoch {min(best)}-{max(best)} "
+        f"({sum(b == result['setting']['epochs'] for b in best)} at the last epoch).",
+        "",
+    ]
 
 
 def plot_auroc(result: dict[str, Any], path: Path) -> None:

@@ -364,6 +364,22 @@ def test_full_table_shows_published_rows_and_shortfalls():
     assert "| chosen | 16 | 8 | 8 |" in table
     assert "Wall time 1.0 min (1.5 CPU-min) on 2 CPU cores" in table
     assert "1-minute load after each digit: mean 3.0, range 2.0-4.0)." in table
+    assert "Fits at the chosen sizes" not in table  # these runs record no fits
+
+
+def test_training_line_counts_the_fits():
+    result = _ten_digit_result()
+    for run in result["runs"]:
+        for d, record in run["digits"].items():
+            record["ae"] = {"epochs_run": 20, "best_epoch": 20}
+            record["vae"] = {
+                "epochs_run": 20 if d != "3" else 12,
+                "best_epoch": 19 if d != "3" else 7,
+            }
+    assert one_class.training_lines(result)[0] == (
+        "Fits at the chosen sizes: 40 (AE and VAE, every seed and digit), 12-20 epochs run of at "
+        "most 20, best validation epoch 7-20 (20 at the last epoch)."
+    )
 
 
 def test_shortfalls_compare_the_printed_values():
