@@ -453,10 +453,14 @@ def training_lines(result: dict[str, Any]) -> list[str]:
         return []
     run_epochs = [f["epochs_run"] for f in fits]
     best = [f["best_epoch"] for f in fits]
+
+    def span(values: list[int]) -> str:
+        return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
     return [
         f"Fits at the chosen sizes: {len(fits)} (AE and VAE, every seed and digit), "
-        f"{min(run_epochs)}-{max(run_epochs)} epochs run of at most "
-        f"{result['setting']['epochs']}, best validation epoch {min(best)}-{max(best)} "
+        f"{span(run_epochs)} epochs run of at most "
+        f"{result['setting']['epochs']}, best validation epoch {span(best)} "
         f"({sum(b == result['setting']['epochs'] for b in best)} at the last epoch).",
         "",
     ]
