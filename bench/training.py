@@ -1,6 +1,7 @@
 """Training throughput of the default AE and VAE: seconds per epoch, achieved GFLOP/s against
 numpy's float32 matmul rate sampled in the same run, XLA on and off, and what the per-epoch
-checkpoint costs (the same fit with and without it, same run).
+checkpoint costs (the same fit with and without one after every epoch, same run, and what that
+makes at the default ``train.checkpoint_seconds``).
 
     .venv/bin/python bench/training.py --run artifacts --epochs 5
 
@@ -22,6 +23,7 @@ thread spends inside ``CheckpointStore.save``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -96,7 +98,8 @@ def main() -> None:
         return load_config(
             args.config,
             [f"train.epochs={args.epochs}", f"train.jit_compile={str(jit).lower()}",
-             "train.verbose=quiet", f"train.patience={args.epochs + 1}", *batch],
+             "train.verbose=quiet", f"train.patience={args.epochs + 1}",
+             "train.checkpoint_seconds=0", *batch],  # a checkpoint after every epoch
         )  # fmt: skip
 
     base = config(True)
@@ -170,6 +173,14 @@ def main() -> None:
             f"{kind}: checkpoint overhead {(with_ck - without) / without:+.1%} of an epoch "
             f"(median epoch {with_ck:.2f} vs {without:.2f} s over both rows of each); XLA "
             f"speed-up {per_epoch[kind, False, False, batch] / without:.2f}x"
+        )
+    interval = base.train.checkpoint_seconds
+    for kind in ("ae", "vae"):
+        with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
+        every = max(1, math.ceil(interval / without))  # epochs between checkpoints
+        print(
+            f"{kind}: at the default train.checkpoint_seconds={interval:g}, a checkpoint every "
+            f"{every} epochs: {(with_ck - without) / without / every:+.1%} of an epoch"
         )
     print(
         f"the training thread spent {blocked['seconds'] / blocked['calls'] * 1e3:.0f} ms per "

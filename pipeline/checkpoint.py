@@ -69,7 +69,7 @@ class CheckpointStore:
         self.key = key
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._best = ("", "")  # (file, sha256) of the best weights on disk
+        self._best = ("", "", -1)  # (file, sha256, best epoch) of the best weights on disk
 
     @property
     def state_path(self) -> Path:
@@ -105,7 +105,7 @@ class CheckpointStore:
                 self.clear()
                 return None
         self._remove_unreferenced(state)
-        self._best = (state.best_file, state.best_sha256)
+        self._best = (state.best_file, state.best_sha256, state.best_epoch)
         return state, read_arrays(self.folder / state.best_file)
 
     def weights_path(self, state: TrainingState) -> Path:
@@ -127,7 +127,7 @@ class CheckpointStore:
         self.wait()  # one write in flight; raises the previous write's error, if any
         variables = [np.array(v) for v in checkpoint_variables(model)]  # copies: training goes on
         epoch = state.epochs_done
-        best_changed = state.best_epoch + 1 == epoch or not self._best[0]
+        best_changed = state.best_epoch != self._best[2] or not self._best[0]  # since the last
         best = [np.array(w) for w in best_weights] if best_changed else None
         state.weights_file = f"epoch-{epoch:04d}.npz"
         state.best_file = f"best-{epoch:04d}.npz" if best is not None else self._best[0]
@@ -161,7 +161,7 @@ class CheckpointStore:
                 write_arrays(self.folder / state.best_file, best)
                 state.best_sha256 = sha256_file(self.folder / state.best_file)
             write_json_atomic(self.state_path, asdict(state))  # the commit point
-            self._best = (state.best_file, state.best_sha256)
+            self._best = (state.best_file, state.best_sha256, state.best_epoch)
             self._remove_unreferenced(state)
         except BaseException as err:  # handed to the training thread by wait()
             self._error = err

@@ -56,6 +56,7 @@ class TrainConfig:
     warmup_epochs: int = 1  # cosine: linear warm-up from 0 over this many epochs
     final_lr_fraction: float = 0.01  # cosine: the rate at the last epoch, as a fraction of the peak
     patience: int = 5  # epochs without val-loss improvement before stopping
+    checkpoint_seconds: float = 30.0  # a checkpoint at the first epoch end this long after the last
     jit_compile: bool = True  # XLA; about 1.4x faster on CPU
     verbose: str = (
         "auto"  # "auto" (bar on a terminal, a line per epoch otherwise) | "bar" | "epoch" | "quiet"
@@ -260,6 +261,10 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.train.final_lr_fraction <= 1.0:
         raise ConfigError(
             f"train.final_lr_fraction must be in [0, 1], got {cfg.train.final_lr_fraction}"
+        )
+    if cfg.train.checkpoint_seconds < 0:
+        raise ConfigError(
+            f"train.checkpoint_seconds must be >= 0, got {cfg.train.checkpoint_seconds}"
         )
     if cfg.train.patience < 0:
         raise ConfigError(f"train.patience must be >= 0, got {cfg.train.patience}")

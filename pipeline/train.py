@@ -213,9 +213,11 @@ def checkpoint_key(kind: str, cfg: Config, dataset_sha256: str) -> str:
             "kind": kind,
             "data": cfg.section("data"),
             "model": cfg.section("model"),
-            # how the run is distributed or logged does not change what it computes
+            # how the run is distributed, logged or checkpointed does not change what it computes
             "train": {
-                k: v for k, v in cfg.section("train").items() if k not in ("verbose", "strategy")
+                k: v
+                for k, v in cfg.section("train").items()
+                if k not in ("verbose", "strategy", "checkpoint_seconds")
             },
             "dataset": dataset_sha256,
         }
@@ -226,9 +228,11 @@ def _resumable_callbacks(
     store: CheckpointStore | None,
     state: TrainingState,
     best_weights: list[np.ndarray] | None,
-    patience: int,
+    cfg: Config,
 ) -> tuple[Any, Any]:
-    """An EarlyStopping that starts from ``state`` and a callback that checkpoints each epoch."""
+    """An EarlyStopping that starts from ``state`` and a callback that checkpoints at epoch ends:
+    every ``train.checkpoint_seconds`` of training (0: every epoch), and at the last epoch."""
+    patience, interval = cfg.train.patience, cfg.train.checkpoint_seconds
     import keras
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -250,6 +254,7 @@ def _resumable_callbacks(
         def on_train_begin(self, logs: dict | None = None) -> None:
             self.started = time.perf_counter()
             self.seconds_before = state.seconds
+            self.last_saved = state.seconds
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             for key, value in (logs or {}).items():
@@ -259,8 +264,12 @@ def _resumable_callbacks(
             state.best = None if stopper.best is None else float(stopper.best)
             state.best_epoch, state.wait = int(stopper.best_epoch), int(stopper.wait)
             state.stopped = bool(self.model.stop_training)
-            if store is not None:
+            due = state.seconds - self.last_saved >= interval
+            if store is not None and (
+                due or state.stopped or state.epochs_done == cfg.train.epochs
+            ):
                 store.save(self.model, state, stopper.best_weights, background=True)
+                self.last_saved = state.seconds
 
     return stopper, EpochCheckpoint()
 
@@ -324,7 +333,7 @@ def fit_model(
     strategy = get_strategy(cfg.train.strategy)  # before any other TF work (multi-worker)
     store = CheckpointStore(checkpoint_dir, checkpoint_key) if checkpoint_dir else None
     model, state, best_weights = _build_or_resume(kind, cfg, len(train_images), strategy, store)
-    stopper, epoch_checkpoint = _resumable_callbacks(store, state, best_weights, cfg.train.patience)
+    stopper, epoch_checkpoint = _resumable_callbacks(store, state, best_weights, cfg)
     print(
         f"train_{kind}: {model.count_params():,} parameters, {len(train_images):,} train / "
         f"{len(val_images):,} validation images, up to {cfg.train.epochs} epochs, "

@@ -146,3 +146,24 @@ def test_damaged_checkpoint_is_discarded_and_leftovers_removed(tmp_path):
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "state.json").write_text("{not json")
     assert store.load() is None
+
+
+def test_checkpoint_interval_skips_epochs_but_not_the_last(splits, tmp_path):
+    """With a long ``train.checkpoint_seconds`` only the last epoch is checkpointed; a kill before
+    it leaves nothing to resume, and the rerun still ends like an unbroken fit."""
+    train, val = splits
+    cfg = load_config(
+        SMOKE_CONFIG,
+        ["train.epochs=3", "train.patience=3", "train.verbose=quiet"]
+        + ["train.checkpoint_seconds=1e6", "train.jit_compile=false"],
+    )
+    folder = tmp_path / "checkpoint"
+    with pytest.raises(SimulatedKillError):
+        fit_model(
+            "ae", cfg, train, val, callbacks=[InterruptAfter(2)], checkpoint_dir=folder,
+            checkpoint_key="k",
+        )  # fmt: skip
+    assert not (folder / "state.json").exists()  # epochs 1 and 2 were not due
+    _, history, _ = fit_model("ae", cfg, train, val, checkpoint_dir=folder, checkpoint_key="k")
+    assert json.loads((folder / "state.json").read_text())["epochs_done"] == 3
+    assert history == fit_model("ae", cfg, train, val)[1]
