@@ -67,7 +67,7 @@ class EvaluateConfig:
     grid_size: int = 10  # digits per side of the decoded-grid figures
     confident_grid_size: int = 30  # points per side for grid_confident_frac
     confident_prob: float = 0.9
-    classifier_epochs: int = 3  # CNN digit classifier; retrained only when the data changes
+    classifier_epochs: int = 5  # CNN digit classifier; retrained only when the data changes
     fid_samples: int = 10_000
     knn_k: int = 5
     figure_digits: int = 10  # columns of the sample-digit and denoising figures
