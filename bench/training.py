@@ -174,7 +174,7 @@ def main() -> None:
             f"(median epoch {with_ck:.2f} vs {without:.2f} s over both rows of each); XLA "
             f"speed-up {per_epoch[kind, False, False, batch] / without:.2f}x"
         )
-    interval = base.train.checkpoint_seconds
+    interval = load_config(args.config).train.checkpoint_seconds  # the stages' setting
     for kind in ("ae", "vae"):
         with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
         every = max(1, math.ceil(interval / without))  # epochs between checkpoints

@@ -4,11 +4,15 @@
     probs = model.predict(images)                 # (n, 10) softmax
     feats = feature_model(model).predict(images)  # (n, 128) penultimate ReLU features
 
-Two conv/pool blocks, a 128-unit dense layer (the features) and a softmax; trained on the train
-split with Adam and a cosine-decayed learning rate (no dropout: a few epochs are all it gets).
-No XLA: on CPU, TensorFlow's oneDNN convolutions train this model ~2x faster than XLA's. It is retrained only when its fingerprint (the dataset file, the data config and
-the classifier settings) changes; ``classifier.json`` records the fingerprint, the sha256 of the
-saved model and its test accuracy.
+Two conv/batch-norm/pool blocks, a 128-unit dense layer with batch norm (the features), dropout
+and a softmax; trained on the train split, shifted by up to 2 pixels at random, with Adam and a
+cosine-decayed learning rate. Batch norm keeps every feature unit alive: without it 44 of the
+128 ReLU units were zero on every test digit, so the FID saw 84 dimensions. The shifts and the
+dropout take test accuracy from 0.9905 (3 epochs, plain) to 0.9942 in 5 epochs (full data).
+No XLA: on CPU, TensorFlow's oneDNN convolutions train this model ~2x faster than XLA's. It is
+retrained only when its fingerprint (the dataset file, the data config and the classifier
+settings) changes; ``classifier.json`` records the fingerprint, the sha256 of the saved model
+and its test accuracy.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from pipeline.common import Paths, atomic_path, sha256_file, sha256_json, write_
 from pipeline.config import Config
 from pipeline.data import load_split
 
-ARCHITECTURE = "conv32-pool-conv64-pool-dense128-softmax/v2"  # change it to force a retrain
+ARCHITECTURE = "shift2-conv32bn-pool-conv64bn-pool-dense128bn-drop0.5-softmax/v3"  # change: retrain
 FEATURE_LAYER = "features"
 BATCH_SIZE = 128
 LEARNING_RATE = 2e-3  # the start of the cosine decay to 0 over all training steps
+MAX_SHIFT = 2  # pixels: training digits move by up to this much each way (translation only)
+DROPOUT = 0.5  # on the features, in training only
+BN_MOMENTUM = 0.9  # Keras' 0.99 would leave the moving statistics half initial after 70 steps
 
 
 def build_classifier(seed: int) -> Any:
@@ -37,12 +44,20 @@ def build_classifier(seed: int) -> Any:
     keras.utils.set_random_seed(seed)
     images = keras.Input((28, 28), name="images")
     x = layers.Reshape((28, 28, 1), name="add_channel")(images)
-    x = layers.Conv2D(32, 3, activation="relu", name="conv_0")(x)
-    x = layers.MaxPooling2D(2, name="pool_0")(x)
-    x = layers.Conv2D(64, 3, activation="relu", name="conv_1")(x)
-    x = layers.MaxPooling2D(2, name="pool_1")(x)
+    # active in training only: at inference and for the FID features it passes digits through
+    shift = MAX_SHIFT / 28
+    x = layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed, name="shift")(x)
+    for i, filters in enumerate((32, 64)):
+        # no bias: the batch norm's offset replaces it
+        x = layers.Conv2D(filters, 3, use_bias=False, name=f"conv_{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"norm_{i}")(x)
+        x = layers.Activation("relu", name=f"relu_{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool_{i}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(128, activation="relu", name=FEATURE_LAYER)(x)
+    x = layers.Dense(128, use_bias=False, name="dense")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="dense_norm")(x)
+    x = layers.Activation("relu", name=FEATURE_LAYER)(x)
+    x = layers.Dropout(DROPOUT, seed=seed, name="dropout")(x)
     probs = layers.Dense(10, activation="softmax", name="probs")(x)
     return keras.Model(images, probs, name="digit_classifier")
 
@@ -65,6 +80,9 @@ def classifier_fingerprint(cfg: Config, paths: Paths) -> str:
             "seed": cfg.evaluate.seed,
             "batch_size": BATCH_SIZE,
             "learning_rate": LEARNING_RATE,
+            "max_shift": MAX_SHIFT,
+            "dropout": DROPOUT,
+            "bn_momentum": BN_MOMENTUM,
         }
     )
 

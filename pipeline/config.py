@@ -83,13 +83,13 @@ class EvaluateConfig:
     nll_samples: int = 200  # K for the importance-sampled NLL
     anomaly_fpr: float = 0.01  # false-positive rate the anomaly threshold is calibrated at
     grid_size: int = 10  # digits per side of the decoded-grid figures
-    confident_grid_size: int = 30  # points per side for grid_confident_frac
+    confident_grid_size: int = 30  # points per side for grid_confident_frac, latent_empty_frac
     confident_prob: float = 0.9
-    classifier_epochs: int = 3  # CNN digit classifier; retrained only when the data changes
-    fid_samples: int = 10_000
+    classifier_epochs: int = 5  # CNN digit classifier; retrained only when the data changes
+    fid_samples: int = 10_000  # images per set behind every FID (capped by the split sizes)
     knn_k: int = 5
     figure_digits: int = 10  # columns of the sample-digit and denoising figures
-    seed: int = 1234  # seeds the noise, the importance and prior samples, the classifier
+    seed: int = 1234  # seeds the noise, the importance and generated samples, the classifier
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,19 @@ from pipeline.classifier import classifier_paths, feature_model, train_or_reuse
 from pipeline.common import Paths, library_versions, write_json_atomic, write_text_atomic
 from pipeline.config import Config, config_to_toml
 from pipeline.data import load_split
-from pipeline.likelihood import vae_likelihood
+from pipeline.likelihood import bernoulli_entropy, vae_likelihood
 
-AE_BOX_PERCENTILES = (1.0, 99.0)  # the AE grid spans this percentile box of the test latents
+AE_BOX_PERCENTILES = (1.0, 99.0)  # ae_grid.png spans this percentile box of the test latents
 VAE_GRID_QUANTILES = (0.05, 0.95)  # the VAE grid spans these quantiles of the N(0, 1) prior
+# The grid measures (latent_empty_frac, grid_confident_frac) use one rule for both models: the
+# 1st-99th percentile box of each model's own train latents; the VAE's also over its prior box.
+MEASURE_BOX_PERCENTILES = (1.0, 99.0)
+GAP_PERCENTILE = 99.0  # a grid cell is empty when farther than this pct of test-to-train NN
 PREDICT_BATCH = 1024
 FIGURES = (
     "digits",
     "latent_scatter",
+    "latent_gaps",
     "vae_grid",
     "ae_grid",
     "denoise",
@@ -101,22 +106,50 @@ def standard_normal_quantile(p: float) -> float:
     return (lo + hi) / 2
 
 
-def latent_boxes(ae_test_z: np.ndarray, latent_dim: int) -> dict[str, Any]:
-    """The latent regions the grids cover: AE percentile box, VAE prior quantiles."""
+def prior_box(latent_dim: int) -> tuple[list[float], list[float]]:
+    """(low, high): the ``VAE_GRID_QUANTILES`` of N(0, 1) on every latent axis."""
     low_q, high_q = VAE_GRID_QUANTILES
+    return (
+        [standard_normal_quantile(low_q)] * latent_dim,
+        [standard_normal_quantile(high_q)] * latent_dim,
+    )
+
+
+def latent_boxes(ae_test_z: np.ndarray, latent_dim: int) -> dict[str, Any]:
+    """The latent regions the grid figures cover: AE percentile box, VAE prior quantiles."""
+    ae_low, ae_high = measures.percentile_box(ae_test_z, AE_BOX_PERCENTILES)
+    vae_low, vae_high = prior_box(latent_dim)
     return {
-        "ae": {
-            "percentiles": list(AE_BOX_PERCENTILES),
-            "low": np.percentile(ae_test_z, AE_BOX_PERCENTILES[0], axis=0).tolist(),
-            "high": np.percentile(ae_test_z, AE_BOX_PERCENTILES[1], axis=0).tolist(),
-        },
+        "ae": {"percentiles": list(AE_BOX_PERCENTILES), "low": ae_low, "high": ae_high},
         "vae": {
             "prior": "standard_normal",
             "quantiles": list(VAE_GRID_QUANTILES),
-            "low": [standard_normal_quantile(low_q)] * latent_dim,
-            "high": [standard_normal_quantile(high_q)] * latent_dim,
+            "low": vae_low,
+            "high": vae_high,
         },
     }
+
+
+def measure_regions(
+    train_z: dict[str, np.ndarray], latent_dim: int
+) -> dict[str, tuple[str, list[float], list[float]]]:
+    """The boxes the grid measures cover, keyed by metric suffix: {"ae": (kind, low, high), ...}.
+
+    "ae" and "vae": each model's own train-latent ``MEASURE_BOX_PERCENTILES`` box, one rule for
+    both; "vae_prior": the box of the VAE grid figure, where a user samples the prior.
+    """
+    regions = {
+        kind: (kind, *measures.percentile_box(train_z[kind], MEASURE_BOX_PERCENTILES))
+        for kind in ("ae", "vae")
+    }
+    regions["vae_prior"] = ("vae", *prior_box(latent_dim))
+    return regions
+
+
+def metric_key(region: str, name: str) -> str:
+    """``vae_prior`` + ``latent_empty_frac`` -> ``vae.latent_empty_frac_prior``."""
+    kind, _, suffix = region.partition("_")
+    return f"{kind}.{name}_{suffix}" if suffix else f"{kind}.{name}"
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
@@ -158,6 +191,26 @@ def _top_captions(scores: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.nd
     return top, [f"{scores[i]:.3g} / {labels[i]}" for i in top]
 
 
+def gap_panel(kind: str, test_z: np.ndarray, gaps: dict[str, Any]) -> figures.GapPanel:
+    """One side of ``latent_gaps.png``: the model's own-box measure, and the VAE's prior box."""
+    name = {"ae": "AE latent z", "vae": "VAE latent z_mean"}[kind]
+    _, low, high = gaps["regions"][kind]
+    frac = gaps["metrics"][metric_key(kind, "latent_empty_frac")]
+    outlines = []
+    if kind == "vae":
+        _, prior_low, prior_high = gaps["regions"]["vae_prior"]
+        prior_frac = gaps["metrics"][metric_key("vae_prior", "latent_empty_frac")]
+        outlines.append((f"prior 0.05-0.95 box: {prior_frac:.1%} empty", prior_low, prior_high))
+    return figures.GapPanel(
+        title=f"{name}: {frac:.1%} of the grid empty (r99 = {gaps['radius'][kind]:.3g})",
+        z=test_z,
+        empty=gaps["empty"][kind],
+        low=low,
+        high=high,
+        outlines=tuple(outlines),
+    )
+
+
 def draw_figures(
     cfg: Config,
     paths: Paths,
@@ -169,14 +222,24 @@ def draw_figures(
     grid_pixels: dict[str, np.ndarray],
     noisy: np.ndarray,
     denoised: dict[str, np.ndarray],
+    gaps: dict[str, Any],
 ) -> dict[str, Path]:
-    """Write every figure of ``FIGURES`` under ``eval/``; returns {name: png path}."""
+    """Write every figure of ``FIGURES`` under ``eval/``; returns {name: png path}.
+
+    gaps: {"regions", "empty", "radius", "metrics"} as the stage computed them in ``run``.
+    """
     ev = cfg.evaluate
     n = ev.figure_digits
     fig = {name: figure_path(paths, name) for name in FIGURES}
     figures.digits_figure(fig["digits"], test_images[: 2 * n], test_labels[: 2 * n], n)
     figures.latent_scatter_figure(
         fig["latent_scatter"], test_out["ae"]["z"], test_out["vae"]["z"], test_labels
+    )
+    figures.latent_gaps_figure(
+        fig["latent_gaps"],
+        [gap_panel(kind, test_out[kind]["z"], gaps) for kind in ("ae", "vae")],
+        test_labels,
+        ev.confident_grid_size,
     )
     for kind, what in (("vae", "N(0, 1) quantiles 0.05-0.95"), ("ae", "1st-99th percentile box")):
         figures.grid_figure(
@@ -250,49 +313,79 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
     metrics["vae.kl_nats"] = float(lik["kl"].mean())
     metrics["vae.nll_is_nats"] = float(lik["nll_is"].mean())
     metrics["vae.nll_is_k"] = float(ev.nll_samples)
+    # what a perfect decoder (p = x) would score: the NLL cannot fall below it on grey levels
+    metrics["reference.bernoulli_entropy_floor_nats"] = float(bernoulli_entropy(test_images).mean())
     clock.lap(f"ELBO and importance-sampled NLL (K={ev.nll_samples})")
 
-    # k-NN label accuracy in the latent: train latents as reference, test latents as queries
+    # train latents: the reference of the k-NN, of the gap measure and of the AE's sampler
+    train_z = {}
     for kind in ("ae", "vae"):
-        train_z = models[f"{kind}_encoder"].predict(
+        encoded = models[f"{kind}_encoder"].predict(
             train_images, batch_size=PREDICT_BATCH, verbose=0
         )
-        train_z = train_z[0] if kind == "vae" else train_z
+        train_z[kind] = encoded[0] if kind == "vae" else encoded
         metrics[f"{kind}.latent_knn_acc"] = measures.knn_accuracy(
-            train_z, train_labels, test_out[kind]["z"], test_labels, k=ev.knn_k
+            train_z[kind], train_labels, test_out[kind]["z"], test_labels, k=ev.knn_k
         )
     clock.lap(f"{ev.knn_k}-NN latent accuracy")
+
+    # gaps: grid cells farther from every train latent than 99% of the test digits land
+    radius = {
+        kind: measures.coverage_radius(test_out[kind]["z"], train_z[kind], GAP_PERCENTILE)
+        for kind in ("ae", "vae")
+    }
+    regions = measure_regions(train_z, cfg.model.latent_dim)
+    empty = {}
+    for region, (kind, low, high) in regions.items():
+        empty[region] = measures.empty_cells(
+            train_z[kind], radius[kind], low, high, ev.confident_grid_size
+        )
+        metrics[metric_key(region, "latent_empty_frac")] = float(empty[region].mean())
+    clock.lap("latent gaps")
 
     classifier, record = train_or_reuse(cfg, paths, verbose=keras_verbosity(cfg.train.verbose))
     test_probs = classifier.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
     metrics["classifier.test_acc"] = float(np.mean(test_probs.argmax(axis=1) == test_labels))
+    features = feature_model(classifier)
+    test_features = features.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
+    metrics["classifier.dead_units"] = float(measures.dead_units(test_features))
     clock.lap("digit classifier " + ("reused" if record["reused"] else "trained"))
 
-    # decoded grids: the figure's grid and the 30x30 confidence grid in one decoder call
+    # decoded grids: the figure's grid and every measure grid of a model in one decoder call
     boxes = latent_boxes(test_out["ae"]["z"], cfg.model.latent_dim)
     grid_pixels = {}
+    n_cells = ev.confident_grid_size**2
     for kind in ("ae", "vae"):
-        low, high = boxes[kind]["low"], boxes[kind]["high"]
-        figure_grid = measures.latent_grid(low, high, ev.grid_size)
-        confident_grid = measures.latent_grid(low, high, ev.confident_grid_size)
-        pixels = decode(models, kind, np.concatenate([figure_grid, confident_grid]))
-        grid_pixels[kind] = pixels[: len(figure_grid)]
-        probs = classifier.predict(pixels[len(figure_grid) :], batch_size=PREDICT_BATCH, verbose=0)
-        metrics[f"{kind}.grid_confident_frac"] = measures.confident_fraction(
-            probs, ev.confident_prob
-        )
+        own = [region for region, (owner, _, _) in regions.items() if owner == kind]
+        grids = [measures.latent_grid(boxes[kind]["low"], boxes[kind]["high"], ev.grid_size)]
+        grids += [measures.latent_grid(*regions[r][1:], ev.confident_grid_size) for r in own]
+        pixels = decode(models, kind, np.concatenate(grids))
+        grid_pixels[kind] = pixels[: len(grids[0])]
+        probs = classifier.predict(pixels[len(grids[0]) :], batch_size=PREDICT_BATCH, verbose=0)
+        for i, region in enumerate(own):
+            metrics[metric_key(region, "grid_confident_frac")] = measures.confident_fraction(
+                probs[i * n_cells : (i + 1) * n_cells], ev.confident_prob
+            )
     clock.lap("decoded grids")
 
-    # sample quality: prior samples vs test digits in the classifier's feature space
-    features = feature_model(classifier)
+    # FID in the classifier's feature space; every set holds n_fid images against the same test
+    # digits: the Frechet distance of finite samples is biased up, the more so the fewer they are
+    n_fid = min(ev.fid_samples, len(test_images), len(train_images))
+
+    def fid_to_test(images: np.ndarray) -> float:
+        feats = features.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+        return measures.frechet_distance(feats, test_features[:n_fid])
+
     rng = np.random.default_rng(ev.seed)
-    prior_z = rng.standard_normal((ev.fid_samples, cfg.model.latent_dim), dtype=np.float32)
-    samples = decode(models, "vae", prior_z)
-    metrics["vae.sample_fid"] = measures.frechet_distance(
-        features.predict(samples, batch_size=PREDICT_BATCH, verbose=0),
-        features.predict(test_images[: ev.fid_samples], batch_size=PREDICT_BATCH, verbose=0),
-    )
-    clock.lap(f"sample FID ({ev.fid_samples:,} prior samples)")
+    prior_z = rng.standard_normal((n_fid, cfg.model.latent_dim), dtype=np.float32)
+    # the AE has no prior: a user samples a Gaussian fitted to its train latents
+    ae_z = measures.sample_fitted_gaussian(train_z["ae"], n_fid, seed=ev.seed + 2)
+    for kind, z in (("ae", ae_z), ("vae", prior_z)):
+        metrics[f"{kind}.sample_fid"] = fid_to_test(decode(models, kind, z))
+        metrics[f"{kind}.recon_fid"] = fid_to_test(test_out[kind]["pixels"][:n_fid])
+    picked = np.random.default_rng(ev.seed + 3).choice(len(train_images), n_fid, replace=False)
+    metrics["reference.fid_train_test"] = fid_to_test(train_images[np.sort(picked)])
+    clock.lap(f"FID ({n_fid:,} images a set)")
 
     # denoising and how well each score tells noisy digits from clean ones
     noisy = measures.add_noise(test_images, ev.noise_sigma, seed=ev.seed + 1)
@@ -315,6 +408,16 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
     )
     clock.lap(f"denoising (sigma {ev.noise_sigma:g})")
 
+    # the same noise unclipped: zero-mean, so a score cannot tell it by brightness alone
+    unclipped = measures.add_noise(test_images, ev.noise_sigma, seed=ev.seed + 1, clip=False)
+    for kind in ("ae", "vae"):
+        unclipped_scores = anomaly_scores(unclipped, encode_decode(models, kind, unclipped), kind)
+        is_noisy = np.concatenate([np.zeros(len(unclipped), bool), np.ones(len(unclipped), bool)])
+        metrics[f"{kind}.noise_auroc_unclipped"] = roc_auc(
+            np.concatenate([test_scores[kind], unclipped_scores]), is_noisy
+        )
+    clock.lap("noise AUROC, unclipped")
+
     order = [key for key in report.METRIC_DOCS if key in metrics]
     metrics = {key: metrics[key] for key in order + sorted(set(metrics) - set(order))}
     bad = [key for key, value in metrics.items() if not np.isfinite(value)]
@@ -332,22 +435,25 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
         grid_pixels,
         noisy,
         denoised,
+        {"regions": regions, "empty": empty, "radius": radius, "metrics": metrics},
     )
     clock.lap("figures")
 
     write_json_atomic(paths.eval_dir / "metrics.json", metrics)
     write_json_atomic(paths.eval_dir / "latent_boxes.json", boxes)
-    notes = measurement_notes(cfg, record, len(test_images))
+    notes = measurement_notes(cfg, record, len(test_images), n_fid)
     write_text_atomic(
         report_path(paths),
         report.render_report(metrics, fig, config_to_toml(cfg), library_versions(), notes),
     )
     for key, value in metrics.items():
-        print(f"evaluate: {key:<26} {value:.6g}")
+        print(f"evaluate: {key:<38} {value:.6g}")
     return metrics
 
 
-def measurement_notes(cfg: Config, record: dict[str, Any], n_test: int) -> dict[str, str]:
+def measurement_notes(
+    cfg: Config, record: dict[str, Any], n_test: int, n_fid: int
+) -> dict[str, str]:
     """How each group of numbers was obtained, for the report."""
     ev = cfg.evaluate
     return {
@@ -355,28 +461,50 @@ def measurement_notes(cfg: Config, record: dict[str, Any], n_test: int) -> dict[
         "ELBO and NLL": (
             f"K = {ev.nll_samples} samples z_k ~ q(z|x) per digit; ELBO = mean_k log p(x|z_k) "
             "minus the closed-form KL; NLL = -log mean_k p(x|z_k) p(z_k) / q(z_k|x) "
-            "(importance-weighted bound, Burda et al. 2016)."
+            "(importance-weighted bound, Burda et al. 2016). On grey-level pixels the Bernoulli "
+            "NLL cannot go below reference.bernoulli_entropy_floor_nats, the summed binary "
+            "entropy H(x) of the pixels (what a decoder with p = x scores); on binarized data the "
+            "floor is 0."
         ),
         "Classifier": (
             f"CNN trained {record['epochs']} epochs on the train split "
             f"({'reused from an earlier run' if record['reused'] else 'trained in this run'}, "
-            f"{record['train_seconds']} s); its test accuracy is classifier.test_acc."
+            f"{record['train_seconds']} s); its test accuracy is classifier.test_acc, its "
+            "feature units silent on every test digit classifier.dead_units."
+        ),
+        "Latent gaps": (
+            f"r99 = the {GAP_PERCENTILE:g}th percentile of the distances from each test latent "
+            "to its nearest train latent (Euclidean, exact, each model its own); a cell of a "
+            f"{ev.confident_grid_size}x{ev.confident_grid_size} grid is empty when its centre is "
+            "farther than r99 from every train latent. The box is each model's own train "
+            "latents' 1st-99th percentile box (one rule for both); _prior: the VAE's N(0, 1) "
+            f"{VAE_GRID_QUANTILES[0]:g}-{VAE_GRID_QUANTILES[1]:g} quantile box. Meant for the "
+            "2-D latent: with more axes the grid spans the first two, the others at the box "
+            "centre."
         ),
         "Grid confidence": (
-            f"{ev.confident_grid_size}x{ev.confident_grid_size} latent grid over the same box as "
-            f"the figures; a point counts when the classifier's top probability >= "
-            f"{ev.confident_prob:g}."
+            f"the same {ev.confident_grid_size}x{ev.confident_grid_size} grids (each model's own "
+            "train-latent box, and the VAE's prior box for _prior) decoded; a point counts "
+            f"when the classifier's top probability >= {ev.confident_prob:g}."
         ),
-        "Sample FID": (
-            f"{ev.fid_samples:,} samples z ~ N(0, I) decoded to pixel probabilities vs the first "
-            f"{min(ev.fid_samples, n_test):,} test digits, compared in the classifier's "
-            "128-unit feature layer (Gaussian Frechet distance)."
+        "FID": (
+            f"{n_fid:,} images per set vs the first {n_fid:,} test digits, compared in the "
+            "classifier's 128-unit feature layer (Gaussian Frechet distance): VAE samples "
+            "z ~ N(0, I), AE samples z ~ N(mean, covariance) fitted to its train latents, both "
+            "decoded to pixel probabilities; recon_fid: each model's reconstructions of those "
+            "test digits; reference.fid_train_test: a seeded random choice of real train digits."
         ),
         "Denoising": (
             f"Gaussian noise sigma = {ev.noise_sigma:g}, clipped to [0, 1]; gain = mean over "
             "test digits of PSNR(output) - PSNR(noisy input), peak 1.0. noise_auroc ranks the "
             "clean and the noisy test digits by each model's anomaly score. denoise.class_kept: "
             "share of test digits the classifier gives the same label denoised as clean."
+        ),
+        "Noise AUROC": (
+            "noise_auroc uses the clipped noise above, which keeps only the upward half of the "
+            "noise on the black background and so also brightens a digit: a score can win on "
+            "brightness alone. noise_auroc_unclipped ranks the clean digits against the same "
+            "noise draw left unclipped: zero-mean, the brightness unchanged on average."
         ),
         "k-NN": f"k = {ev.knn_k}, Euclidean, train latents as reference.",
     }

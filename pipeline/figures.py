@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from pipeline.common import atomic_path
 
 DPI = 80
+EMPTY_CELL_RGBA = (0.85, 0.1, 0.1, 0.35)  # translucent red: the scatter shows through
 
 
 def _pyplot() -> Any:
@@ -98,6 +99,76 @@ def latent_scatter_figure(
         ax.set_ylabel("z[1]")
     axes[1].legend(title="label", markerscale=5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("The 2-D latent space of the test digits")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+class GapPanel(NamedTuple):
+    """One side of ``latent_gaps_figure``."""
+
+    title: str
+    z: np.ndarray  # (n, d) test latents; the first two axes are drawn
+    empty: np.ndarray  # (size*size,) bool, ``measures.latent_grid`` order: row 0 at the top
+    low: Sequence[float]  # (d,) the grid's box
+    high: Sequence[float]
+    outlines: tuple[tuple[str, Sequence[float], Sequence[float]], ...] = ()  # (label, low, high)
+
+
+def latent_gaps_figure(
+    path: Path, panels: Sequence[GapPanel], labels: np.ndarray, size: int
+) -> None:
+    """Test latents coloured by label (n,), with the empty cells of a size x size grid in red."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch, Rectangle
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6.2), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, panel in zip(axes[0], panels, strict=True):
+        low, high = panel.low, panel.high
+        half_x = (high[0] - low[0]) / (2 * max(size - 1, 1))
+        half_y = (high[1] - low[1]) / (2 * max(size - 1, 1))
+        extent = (low[0] - half_x, high[0] + half_x, low[1] - half_y, high[1] + half_y)
+        for digit in range(10):
+            keep = labels == digit
+            ax.scatter(panel.z[keep, 0], panel.z[keep, 1], s=1, alpha=0.5, color=cmap(digit))
+        # one RGBA image of the grid: each cell a square of side one grid step, as in grid_figure
+        overlay = np.zeros((size, size, 4), np.float32)
+        overlay[panel.empty.reshape(size, size)] = EMPTY_CELL_RGBA
+        ax.imshow(overlay, extent=extent, origin="upper", aspect="auto", interpolation="nearest")
+        boxes = (("grid box: train latents, 1st-99th pct", low, high, "black", "-"),) + tuple(
+            (label, o_low, o_high, "tab:blue", "--") for label, o_low, o_high in panel.outlines
+        )
+        for label, o_low, o_high, color, style in boxes:
+            ax.add_patch(
+                Rectangle(
+                    (o_low[0], o_low[1]),
+                    o_high[0] - o_low[0],
+                    o_high[1] - o_low[1],
+                    fill=False,
+                    color=color,
+                    ls=style,
+                    lw=1.5,
+                    label=label,
+                )
+            )
+        # the grid and every outline in view; test latents beyond them are left out
+        x0 = min([extent[0]] + [o[1][0] for o in panel.outlines])
+        x1 = max([extent[1]] + [o[2][0] for o in panel.outlines])
+        y0 = min([extent[2]] + [o[1][1] for o in panel.outlines])
+        y1 = max([extent[3]] + [o[2][1] for o in panel.outlines])
+        ax.set_xlim(x0 - 0.08 * (x1 - x0), x1 + 0.08 * (x1 - x0))
+        ax.set_ylim(y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
+        handles = ax.get_legend_handles_labels()[0] + [
+            Patch(color=EMPTY_CELL_RGBA, label="empty cell")
+        ]
+        ax.legend(handles=handles, loc="upper right", fontsize=8)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+    fig.suptitle(
+        f"Gaps: cells of a {size}x{size} grid farther from every train latent than 99% of test "
+        "digits land"
+    )
     fig.tight_layout()
     _save(fig, path)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.scoring import gaussian_kl
-from pipeline.likelihood import log_importance_ratio, logsumexp, vae_likelihood
+from export.scoring import bernoulli_nll, gaussian_kl
+from pipeline.likelihood import bernoulli_entropy, log_importance_ratio, logsumexp, vae_likelihood
 
 
 def linear_decoder(kernel: np.ndarray, bias: np.ndarray):
@@ -122,3 +122,21 @@ def test_bad_shapes_are_rejected():
         vae_likelihood(decoder, np.zeros((1, 28, 28)), np.zeros((1, 2)), np.zeros((1, 2)), 0, 0)
     with pytest.raises(ValueError, match="agree on n"):
         vae_likelihood(decoder, np.zeros((2, 28, 28)), np.zeros((1, 2)), np.zeros((1, 2)), 1, 0)
+
+
+def test_bernoulli_entropy_is_the_floor_no_decoder_gets_below():
+    rng = np.random.default_rng(6)
+    grey = rng.random((4, 28, 28))
+    floor = bernoulli_entropy(grey)
+    # binary pixels carry no entropy; a 0.5 pixel carries log 2
+    assert bernoulli_entropy((grey > 0.5).astype(np.float32)).tolist() == [0.0] * 4
+    assert bernoulli_entropy(np.full((1, 28, 28), 0.5))[0] == pytest.approx(784 * np.log(2.0))
+    # the decoder p = x reaches it (up to the probability clip); any other decoder scores more
+    np.testing.assert_allclose(bernoulli_nll(grey, grey), floor, rtol=1e-5)
+    for _ in range(5):
+        assert np.all(bernoulli_nll(grey, rng.random((4, 28, 28))) > floor)
+    # a linear decoder's ELBO stays below -floor - KL, whatever its weights
+    decoder = linear_decoder(rng.normal(scale=0.5, size=(2, 784)), rng.normal(size=784))
+    mu, log_var = rng.normal(size=(4, 2)), rng.normal(scale=0.3, size=(4, 2))
+    out = vae_likelihood(decoder, grey.astype(np.float32), mu, log_var, k=20, seed=0)
+    assert np.all(out["elbo"] < -floor - out["kl"])
