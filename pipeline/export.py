@@ -166,7 +166,7 @@ def check_parity(
 
     The relative part scales with the output's range, not with each element: float32 rounding
     in a dot product is relative to its summands, so a latent near 0 that is the difference of
-    large terms carries their rounding (the default AE's latents span about +-150).
+    large terms carries their rounding (the default AE's latents reach a few hundred).
     Returns the max abs difference and the worst ratio of difference to allowed (<= 1).
     """
     ort_out = _run(path, x)
