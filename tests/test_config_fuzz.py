@@ -96,7 +96,9 @@ def test_a_wrong_type_names_the_key(case):
 
 
 SIZE_KEYS = [
-    (s, k) for s, k in KEYS if SCHEMA[s][k] is int and k not in ("seed", "patience", "opset")
+    (s, k)
+    for s, k in KEYS
+    if SCHEMA[s][k] is int and k not in ("seed", "patience", "opset", "warmup_epochs")
 ] + [("model", "hidden_units"), ("model", "conv_filters"), ("denoiser", "hidden_units")]
 
 
