@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: python bench/docs.py
     sys.path.insert(0, str(REPO))
 
-from pipeline.common import write_text_atomic  # noqa: E402
+from export.files import write_text_atomic  # noqa: E402
 from pipeline.report import METRIC_DOCS  # noqa: E402
 
 TRAINING_STAGES = ("ingest", "train_ae", "train_vae", "train_denoiser")

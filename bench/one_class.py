@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: python bench/one_class.py
     sys.path.insert(0, str(REPO))
 
+from export.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from export.metrics import roc_auc  # noqa: E402
 from export.scoring import (  # noqa: E402
     bernoulli_nll,
@@ -56,7 +57,6 @@ from export.scoring import (  # noqa: E402
     negative_elbo,
     reconstruction_mse,
 )
-from pipeline.common import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import Config, load_config, validate  # noqa: E402
 from pipeline.data import load_split  # noqa: E402
 

@@ -12,7 +12,6 @@ anomaly thresholds were calibrated with the fp32 models; int8 scores move by the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +22,9 @@ import numpy as np
 import onnxruntime as ort
 
 from export import scoring
+from export.files import sha256_file
 from export.inputs import as_images
+from export.lattice import lattice
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -36,14 +37,6 @@ BATCH = 4096  # rows per session.run call; bounds memory for large inputs
 
 class BundleError(RuntimeError):
     """A bundle that cannot be used: missing or altered file, unknown format or model."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -217,21 +210,13 @@ class Bundle:
     def grid_latents(self, side: int, model: str = "vae") -> np.ndarray:
         """(side * side, latent_dim): a side x side lattice over the first two latent axes.
 
-        The lattice spans the box in the manifest (VAE: prior quantiles, AE: percentiles of the
-        test latents); other axes sit at the box centre. Row-major, top row = highest z[1].
+        The lattice (``export.lattice``) spans the box in the manifest (VAE: prior quantiles,
+        AE: percentiles of the test latents); other axes sit at the box centre. Row-major, top
+        row = highest z[1].
         """
         self._check_model(model)
-        if side <= 0:
-            raise ValueError(f"side must be positive, got {side}")
         box = self.manifest["latent_boxes"][model]
-        low, high = np.asarray(box["low"], np.float32), np.asarray(box["high"], np.float32)
-        z = np.tile((low + high) / 2, (side * side, 1))
-        xs = np.linspace(low[0], high[0], side, dtype=np.float32)
-        z[:, 0] = np.tile(xs, side)
-        if self.latent_dim > 1:
-            ys = np.linspace(high[1], low[1], side, dtype=np.float32)
-            z[:, 1] = np.repeat(ys, side)
-        return z
+        return lattice(box["low"], box["high"], side)
 
     def grid(self, side: int = 10, model: str = "vae") -> np.ndarray:
         """Digits decoded over the latent lattice of ``grid_latents``: (side * side, 28, 28)."""

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import MANIFEST, MODELS, Bundle, sha256_file
+from export.bundle import MANIFEST, MODELS, Bundle
+from export.files import sha256_file, write_text_atomic
 from export.inputs import iter_chunks
 
 WEB = Path(__file__).with_name("web")
@@ -181,10 +182,8 @@ def build_site(
 
 
 def _write_json(path: Path, data: Any, compact: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=2)
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 @contextlib.contextmanager

@@ -12,12 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from export.files import atomic_path
 
-def tile(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
-    """images (n, 28, 28) float in [0, 1] -> one uint8 picture (rows * 30 - 2, columns * 30 - 2).
 
-    ``columns`` defaults to ceil(sqrt(n)); empty cells stay black; ``padding`` black pixels
-    separate the digits.
+def tile(
+    images: np.ndarray, columns: int | None = None, padding: int = 2, fill: float = 0.0
+) -> np.ndarray:
+    """images (n, h, w) float in [0, 1] -> one float32 picture (rows * (h + padding) - padding,
+    columns * (w + padding) - padding), digits row-major.
+
+    ``columns`` defaults to ceil(sqrt(n)); empty cells and the ``padding`` pixels between
+    digits hold ``fill`` (0.0: black, the MNIST background).
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or images.shape[0] == 0:
@@ -27,14 +32,19 @@ def tile(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np
     if columns <= 0:
         raise ValueError(f"columns must be positive, got {columns}")
     rows = math.ceil(n / columns)
-    canvas = np.zeros((rows * (h + padding) - padding, columns * (w + padding) - padding), np.uint8)
-    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    canvas = np.full(
+        (rows * (h + padding) - padding, columns * (w + padding) - padding), fill, np.float32
+    )
     for i in range(n):
         r, c = divmod(i, columns)
-        canvas[
-            r * (h + padding) : r * (h + padding) + h, c * (w + padding) : c * (w + padding) + w
-        ] = pixels[i]
+        top, left = r * (h + padding), c * (w + padding)
+        canvas[top : top + h, left : left + w] = images[i]
     return canvas
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] -> uint8 0-255, rounded to nearest (what every PNG written here holds)."""
+    return np.clip(np.rint(np.asarray(pixels) * 255.0), 0, 255).astype(np.uint8)
 
 
 def picture(
@@ -46,7 +56,7 @@ def picture(
 
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    result = Image.fromarray(tile(images, columns, padding))  # uint8 2-D: mode "L"
+    result = Image.fromarray(to_uint8(tile(images, columns, padding)))  # uint8 2-D: mode "L"
     if scale != 1:
         result = result.resize((result.width * scale, result.height * scale), Image.NEAREST)
     return result
@@ -70,8 +80,7 @@ def save_grid(
     for key, value in (text or {}).items():
         info.add_itxt(key, value)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    picture(images, columns, scale, padding).save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)  # readers never see a half-written picture
+    # readers never see a half-written picture; no fsync: a picture is cheap to redo
+    with atomic_path(path, durable=False) as tmp:
+        picture(images, columns, scale, padding).save(tmp, format="PNG", pnginfo=info)
     return path

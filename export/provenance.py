@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import MANIFEST, MODELS, PRECISIONS, Bundle, BundleError, sha256_file
+from export.bundle import MANIFEST, MODELS, PRECISIONS, Bundle, BundleError
+from export.files import sha256_file
 from export.images import picture
 
 KEY = "mnist-vae"

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import fsync_file, sha256_file, write_json_atomic
+from export.files import fsync_file, sha256_file, write_json_atomic
 
 STATE_FILE = "state.json"
 FORMAT = 2  # 2: one npz of all variables (1 was Keras' .weights.h5 plus separate seed states)

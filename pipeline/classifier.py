@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import Paths, atomic_path, sha256_file, sha256_json, write_json_atomic
+from export.files import atomic_path, sha256_file, sha256_json, write_json_atomic
+from pipeline.common import Paths
 from pipeline.config import Config
 from pipeline.data import load_split
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore
-from pipeline.common import Paths, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from pipeline.common import Paths
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.measures import add_noise, psnr

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from export.files import write_json_atomic, write_text_atomic
+from export.lattice import lattice
 from export.metrics import roc_auc
 from export.scoring import (
     calibrate_threshold,
@@ -28,7 +30,7 @@ from export.scoring import (
 )
 from pipeline import denoiser, figures, measures, report
 from pipeline.classifier import classifier_paths, feature_model, train_or_reuse
-from pipeline.common import Paths, library_versions, write_json_atomic, write_text_atomic
+from pipeline.common import Paths, library_versions
 from pipeline.config import Config, config_to_toml
 from pipeline.data import load_split
 from pipeline.likelihood import bernoulli_entropy, vae_likelihood
@@ -357,8 +359,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
     n_cells = ev.confident_grid_size**2
     for kind in ("ae", "vae"):
         own = [region for region, (owner, _, _) in regions.items() if owner == kind]
-        grids = [measures.latent_grid(boxes[kind]["low"], boxes[kind]["high"], ev.grid_size)]
-        grids += [measures.latent_grid(*regions[r][1:], ev.confident_grid_size) for r in own]
+        grids = [lattice(boxes[kind]["low"], boxes[kind]["high"], ev.grid_size)]
+        grids += [lattice(*regions[r][1:], ev.confident_grid_size) for r in own]
         pixels = decode(models, kind, np.concatenate(grids))
         grid_pixels[kind] = pixels[: len(grids[0])]
         probs = classifier.predict(pixels[len(grids[0]) :], batch_size=PREDICT_BATCH, verbose=0)

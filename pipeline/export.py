@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
-from pipeline.common import Paths, library_versions, sha256_file, sha256_json, write_json_atomic
+from export.files import sha256_file, sha256_json, write_json_atomic
+from pipeline.common import Paths, library_versions
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.measures import add_noise

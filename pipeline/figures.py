@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline.common import atomic_path
+from export.files import atomic_path
+from export.images import tile
 
 DPI = 80
 EMPTY_CELL_RGBA = (0.85, 0.1, 0.1, 0.35)  # translucent red: the scatter shows through
@@ -34,16 +35,6 @@ def _save(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-
-
-def mosaic(images: np.ndarray, rows: int, columns: int, pad: int = 0) -> np.ndarray:
-    """(rows*columns, 28, 28) -> one (rows*(28+pad), columns*(28+pad)) image, row-major."""
-    h, w = images.shape[1:]
-    out = np.ones((rows * (h + pad), columns * (w + pad)), np.float32)
-    for i, img in enumerate(images[: rows * columns]):
-        r, c = divmod(i, columns)
-        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
-    return out
 
 
 def _image_rows(
@@ -108,7 +99,7 @@ class GapPanel(NamedTuple):
 
     title: str
     z: np.ndarray  # (n, d) test latents; the first two axes are drawn
-    empty: np.ndarray  # (size*size,) bool, ``measures.latent_grid`` order: row 0 at the top
+    empty: np.ndarray  # (size*size,) bool, ``export.lattice`` order: row 0 at the top
     low: Sequence[float]  # (d,) the grid's box
     high: Sequence[float]
     outlines: tuple[tuple[str, Sequence[float], Sequence[float]], ...] = ()  # (label, low, high)
@@ -181,13 +172,13 @@ def grid_figure(
     high: Sequence[float],
     title: str,
 ) -> None:
-    """Decoded digits (size*size, 28, 28) from ``measures.latent_grid`` drawn at their latents."""
+    """Decoded digits (size*size, 28, 28) from ``export.lattice`` drawn at their latents."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 7.5))
     half_x = (high[0] - low[0]) / (2 * max(size - 1, 1))
     half_y = (high[1] - low[1]) / (2 * max(size - 1, 1))
     ax.imshow(
-        mosaic(pixels, size, size),
+        tile(pixels, columns=size, padding=0),
         cmap="gray_r",
         vmin=0.0,
         vmax=1.0,

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import Paths, atomic_path, sha256_file, write_json_atomic
+from export.files import atomic_path, sha256_file, write_json_atomic
+from pipeline.common import Paths
 from pipeline.config import Config
 
 TRAIN_SPLIT_SIZE = 55_000  # tfds' train has 60,000; the last 5,000 are the validation split

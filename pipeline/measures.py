@@ -2,14 +2,15 @@
 
 fid = frechet_distance(features_a, features_b)           # (n, f), (m, f) -> float
 acc = knn_accuracy(train_z, train_y, test_z, test_y, k=5)
-points = latent_grid(low=[-1.6, -1.6], high=[1.6, 1.6], size=10)   # (100, 2), row-major
 radius = coverage_radius(test_z, train_z)                 # 99th pct of test-to-train NN distances
-empty = empty_cells(train_z, radius, low, high, size=30)  # (900,) bool, latent_grid order
+empty = empty_cells(train_z, radius, low, high, size=30)  # (900,) bool, export.lattice order
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from export.lattice import lattice
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -111,26 +112,6 @@ def psnr(reference: np.ndarray, images: np.ndarray) -> np.ndarray:
     return -10.0 * np.log10(mse)
 
 
-def latent_grid(
-    low: list[float] | np.ndarray, high: list[float] | np.ndarray, size: int
-) -> np.ndarray:
-    """``size x size`` evenly spaced points spanning [low, high] in the first two latent axes.
-
-    low, high: (d,) box corners; the other axes sit at the box centre. Returns (size*size, d)
-    float32 in row-major figure order: row 0 is the top (largest z[1]), column 0 the left
-    (smallest z[0]), so a grid of decoded digits reads like the latent scatter plot.
-    """
-    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
-    if low.shape != high.shape or low.ndim != 1 or len(low) < 2:
-        raise ValueError(f"latent_grid: low, high must be (d,) with d >= 2, got {low.shape}")
-    xs = np.linspace(low[0], high[0], size)
-    ys = np.linspace(high[1], low[1], size)
-    points = np.tile((low + high) / 2.0, (size * size, 1))
-    points[:, 0] = np.tile(xs, size)
-    points[:, 1] = np.repeat(ys, size)
-    return points.astype(np.float32)
-
-
 def confident_fraction(probabilities: np.ndarray, threshold: float) -> float:
     """Fraction of rows of ``probabilities`` (n, classes) whose top class has p >= threshold."""
     return float(np.mean(np.max(probabilities, axis=1) >= threshold))
@@ -217,14 +198,14 @@ def empty_cells(
     high: list[float] | np.ndarray,
     size: int,
 ) -> np.ndarray:
-    """(size*size,) bool: which points of ``latent_grid(low, high, size)`` are farther than
+    """(size*size,) bool: which points of ``export.lattice.lattice(low, high, size)`` are farther than
     ``radius`` from every train latent (n, d): the gaps of the latent inside the box.
 
     Meant for a 2-D latent: with d > 2 the grid spans only the first two axes (the others at the
-    box centre, as ``latent_grid`` does), so it measures one slice of the latent, not its volume.
+    box centre, as ``lattice`` puts them), so it measures one slice of the latent, not its volume.
     Multiplying every latent, the radius and the box by the same factor leaves it unchanged.
     """
-    return nearest_distances(latent_grid(low, high, size), train_z) > radius
+    return nearest_distances(lattice(low, high, size), train_z) > radius
 
 
 def empty_fraction(

@@ -24,17 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline import denoiser, evaluate, ingest, train
 from pipeline import export as export_stage
-from pipeline.common import (
-    Paths,
-    library_versions,
-    remove_stale_temporaries,
-    sha256_file,
-    sha256_json,
-    write_json_atomic,
-    write_text_atomic,
-)
+from pipeline.common import Paths, library_versions, remove_stale_temporaries
 from pipeline.config import Config, config_to_toml
 
 

@@ -19,15 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from export.files import atomic_path, sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore, TrainingState, restore_variables
-from pipeline.common import (
-    Paths,
-    atomic_path,
-    sha256_file,
-    sha256_json,
-    write_json_atomic,
-    write_text_atomic,
-)
+from pipeline.common import Paths
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.distribute import describe, get_strategy, jit_supported

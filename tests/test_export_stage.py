@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from export.bundle import Bundle
-from pipeline.common import sha256_file, sha256_json
+from export.files import sha256_file, sha256_json
 from pipeline.config import load_config
 from pipeline.data import load_split
 from tests.conftest import SMOKE_CONFIG, run_cli

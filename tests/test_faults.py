@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import TEMPORARY_GLOB, TEMPORARY_GLOBS, sha256_file
+from export.files import TEMPORARY_GLOB, sha256_file
+from pipeline.common import TEMPORARY_GLOBS
 from pipeline.runner import locked_out
 from tests.conftest import REPO, SMOKE_CONFIG, run_cli
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from export.lattice import lattice
 from pipeline.measures import (
     add_noise,
     confident_fraction,
@@ -16,7 +17,6 @@ from pipeline.measures import (
     frechet_distance_moments,
     knn_accuracy,
     knn_predict,
-    latent_grid,
     nearest_distances,
     percentile_box,
     psnr,
@@ -123,15 +123,18 @@ def test_unclipped_noise_is_the_same_draw_with_mean_zero():
     assert abs(unclipped.mean()) < 0.005
 
 
-def test_latent_grid_layout():
-    points = latent_grid([-1.0, -2.0, 0.0], [1.0, 2.0, 4.0], size=3)
+def test_lattice_layout():
+    points = lattice([-1.0, -2.0, 0.0], [1.0, 2.0, 4.0], 3)
     assert points.shape == (9, 3) and points.dtype == np.float32
     np.testing.assert_allclose(points[0], [-1.0, 2.0, 2.0])  # top-left: small z0, large z1
     np.testing.assert_allclose(points[2], [1.0, 2.0, 2.0])
     np.testing.assert_allclose(points[8], [1.0, -2.0, 2.0])
     np.testing.assert_allclose(points[4], [0.0, 0.0, 2.0])
-    with pytest.raises(ValueError, match="d >= 2"):
-        latent_grid([0.0], [1.0], 3)
+    np.testing.assert_allclose(lattice([0.0], [1.0], 3)[:, 0], [0.0, 0.5, 1.0] * 3)  # d == 1
+    with pytest.raises(ValueError, match="both be"):
+        lattice([0.0, 1.0], [1.0], 3)
+    with pytest.raises(ValueError, match="side must be positive"):
+        lattice([0.0], [1.0], 0)
 
 
 def test_confident_fraction():
@@ -213,10 +216,10 @@ def test_two_separated_clusters_leave_the_middle_of_the_box_empty():
     low, high = percentile_box(train, (1.0, 99.0))
     radius = coverage_radius(test, train)
     empty = empty_cells(train, radius, low, high, size=30).reshape(30, 30)
-    x = latent_grid(low, high, 30)[:, 0].reshape(30, 30)
+    x = lattice(low, high, 30)[:, 0].reshape(30, 30)
     assert empty[np.abs(x) < 6.0].all()  # the 20-unit gap between the clusters is empty
     # and the cells at the cluster centres are filled
-    centre_rows = np.argmin(np.abs(latent_grid(low, high, 30)[:, 1].reshape(30, 30)[:, 0]))
+    centre_rows = np.argmin(np.abs(lattice(low, high, 30)[:, 1].reshape(30, 30)[:, 0]))
     for cx in (-10.0, 10.0):
         assert not empty[centre_rows, np.argmin(np.abs(x[0] - cx))]
     frac = empty_fraction(train, test, low, high, size=30)
