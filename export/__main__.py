@@ -12,8 +12,8 @@
     python -m export score big.npy --batch-size 4096 --out scores.parquet --threads 8
 
 The bundle is ``--bundle DIR``, else ``$MNIST_VAE_BUNDLE``, else ``artifacts/export``. Inputs
-are read chunk by chunk (see ``export.inputs``), so scoring a large file needs little memory.
-``score`` streams (``export.stream``): ``--batch-size`` rows at a time, a progress bar on a
+are read chunk by chunk (``export.inputs``), so scoring a large file needs little memory.
+``score`` streams (``export.streaming``): ``--batch-size`` rows at a time, a progress bar on a
 terminal, the output renamed into place only when complete. A bad record is reported on
 stderr and in the errors file and skipped (exit status 1); ``--strict`` stops at the first one
 (exit status 2, no output). Every PNG that ``generate`` writes records its provenance (``export.provenance``); ``verify``
@@ -26,10 +26,7 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -37,55 +34,14 @@ import numpy as np
 
 from export import explorer, provenance
 from export.bundle import MODELS, PRECISIONS, Bundle, BundleError
+from export.files import atomic_folder, atomic_path
 from export.images import save_grid
-from export.inputs import Chunk, InputError, _split_key, iter_chunks
-from export.sinks import FORMATS, ErrorSink, ScoreSink, format_for
-from export.stream import RecordError, count_records, iter_records
+from export.inputs import Chunk, InputError, iter_chunks
+from export.progress import Progress
+from export.sinks import FORMATS
+from export.streaming import DEFAULT_BATCH, score_files
 
 DEFAULT_BUNDLE = "artifacts/export"
-DEFAULT_BATCH = 4096
-
-
-class _Progress:
-    """A one-line counter on stderr (rows, rows/s, ETA when the total is known), only when
-    stderr is a terminal; redrawn at most ten times a second."""
-
-    def __init__(self, label: str, total: int | None = None) -> None:
-        self.label, self.total, self.count = label, total, 0
-        self.live = sys.stderr.isatty()
-        self.started = self._drawn = time.perf_counter()
-
-    def add(self, n: int) -> None:
-        self.count += n
-        now = time.perf_counter()
-        if self.live and (now - self._drawn >= 0.1 or self.count == self.total):
-            self._drawn = now
-            self.draw(now)
-
-    def draw(self, now: float) -> None:
-        rate = self.count / max(now - self.started, 1e-9)
-        line = f"{self.label}: {self.count:,}"
-        if self.total:
-            left = max(self.total - self.count, 0) / rate if rate > 0 else 0.0
-            eta = time.strftime("%H:%M:%S", time.gmtime(left))
-            line += f"/{self.total:,} rows ({100 * self.count / self.total:.0f}%)"
-            line += f"  {rate:,.0f} rows/s  ETA {eta}"
-        else:
-            line += f" rows  {rate:,.0f} rows/s"
-        print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
-
-    def message(self, text: str) -> None:
-        """Print a line on stderr without breaking the counter."""
-        if self.live:
-            print("\r\x1b[K", end="", file=sys.stderr)
-        print(text, file=sys.stderr, flush=True)
-        if self.live:
-            self.draw(time.perf_counter())
-
-    def close(self) -> None:
-        if self.live:
-            self.draw(time.perf_counter())
-            print(file=sys.stderr)
 
 
 def _parse_z(text: str) -> np.ndarray:
@@ -99,19 +55,19 @@ def _parse_z(text: str) -> np.ndarray:
         ) from None
 
 
-def _atomic_writer(path: Path) -> tuple[Path, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, path.with_name(f".{path.name}.tmp")
-
-
 def _chunks(args: argparse.Namespace, label: str) -> Iterator[Chunk]:
-    progress = _Progress(label)
+    progress = Progress(label)
     try:
         for chunk in iter_chunks(args.inputs, args.batch_size):
             yield chunk
             progress.add(len(chunk.images))
     finally:
         progress.close()
+
+
+def _save_npy(array: np.ndarray, out: Path) -> None:
+    with atomic_path(out) as tmp, tmp.open("wb") as fh:
+        np.save(fh, array)
 
 
 def cmd_info(bundle: Bundle, args: argparse.Namespace) -> int:
@@ -154,10 +110,7 @@ def cmd_generate(bundle: Bundle, args: argparse.Namespace) -> int:
     images = bundle.generate(z, args.model)
     out = Path(args.out)
     if out.suffix.lower() == ".npy":
-        path, tmp = _atomic_writer(out)
-        with tmp.open("wb") as fh:
-            np.save(fh, images)
-        tmp.replace(path)
+        _save_npy(images, out)
     elif out.suffix.lower() == ".png":
         columns = args.grid if args.grid is not None else args.columns
         text = provenance.record(
@@ -176,10 +129,7 @@ def cmd_encode(bundle: Bundle, args: argparse.Namespace) -> int:
     d = bundle.latent_dim
     if out.suffix.lower() == ".npy":
         z = np.concatenate([bundle.encode(c.images, args.model) for c in _chunks(args, "encode")])
-        path, tmp = _atomic_writer(out)
-        with tmp.open("wb") as fh:
-            np.save(fh, z)
-        tmp.replace(path)
+        _save_npy(z, out)
         print(f"wrote {len(z)} latents {z.shape} to {out}")
         return 0
     if out.suffix.lower() != ".csv":
@@ -187,24 +137,19 @@ def cmd_encode(bundle: Bundle, args: argparse.Namespace) -> int:
     header = ["source", "index", *(f"z_{i}" for i in range(d))]
     if args.model == "vae":
         header += [f"z_log_var_{i}" for i in range(d)]
-    path, tmp = _atomic_writer(out)
     n = 0
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            for chunk in _chunks(args, "encode"):
-                if args.model == "vae":
-                    z_mean, z_log_var = bundle.posterior(chunk.images)
-                    values = np.concatenate([z_mean, z_log_var], axis=1)
-                else:
-                    values = bundle.encode(chunk.images, "ae")
-                for i, row in enumerate(values):
-                    writer.writerow([chunk.source, chunk.start + i, *(f"{v:.7g}" for v in row)])
-                n += len(values)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for chunk in _chunks(args, "encode"):
+            if args.model == "vae":
+                z_mean, z_log_var = bundle.posterior(chunk.images)
+                values = np.concatenate([z_mean, z_log_var], axis=1)
+            else:
+                values = bundle.encode(chunk.images, "ae")
+            for i, row in enumerate(values):
+                writer.writerow([chunk.source, chunk.start + i, *(f"{v:.7g}" for v in row)])
+            n += len(values)
     print(f"wrote {n} latents to {out}")
     return 0
 
@@ -217,18 +162,12 @@ def _write_png_folder(chunks: Iterator[Chunk], bundle: Bundle, out: Path) -> int
     """
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise InputError(f"--out {out}: exists and is not an empty folder; choose a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     n = 0
-    try:
+    with atomic_folder(out) as tmp:
         for chunk in chunks:
             for image in bundle.denoise(chunk.images):
                 save_grid(image[np.newaxis], tmp / f"{n:06d}.png")
                 n += 1
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        os.replace(tmp, out)  # onto an empty folder, too
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return n
 
 
@@ -240,10 +179,7 @@ def cmd_denoise(bundle: Bundle, args: argparse.Namespace) -> int:
     if suffix in (".npy", ".png"):
         images = np.concatenate([bundle.denoise(c.images) for c in _chunks(args, "denoise")])
         if suffix == ".npy":
-            path, tmp = _atomic_writer(out)
-            with tmp.open("wb") as fh:
-                np.save(fh, images)
-            tmp.replace(path)
+            _save_npy(images, out)
         else:
             save_grid(images, out, columns=args.columns, scale=args.scale)
         n = len(images)
@@ -258,92 +194,41 @@ def cmd_denoise(bundle: Bundle, args: argparse.Namespace) -> int:
 MAX_ERROR_LINES = 20  # record errors echoed on stderr; all of them go to the errors file
 
 
-def _errors_path(args: argparse.Namespace) -> Path:
-    if args.errors:
-        return Path(args.errors)
-    if args.out in (None, "-"):
-        return Path("score-errors.csv")
-    out = Path(args.out)
-    return out.with_name(f"{out.stem}.errors.csv")
-
-
 def cmd_score(bundle: Bundle, args: argparse.Namespace) -> int:
-    """Stream the inputs through the model ``args.batch_size`` rows at a time.
+    """Stream the inputs through the model ``args.batch_size`` rows at a time
+    (``export.streaming.score_files``).
 
     Exit status: 0 all scored; 1 some records failed (reported, the rest scored); 2 a fatal
     error (``--strict`` makes the first bad record one), with no output file left behind.
     """
     if args.batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
-    for name in args.inputs:  # a missing input is a mistake in the command, not a bad record
-        path, _ = _split_key(str(name))
-        if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
-    threshold = bundle.threshold(args.model)
-    fmt = format_for(args.out, args.format)
-    progress = _Progress("score", count_records(args.inputs))
-    pending: list[Chunk] = []
-    n = flagged = 0
-
-    def flush(sink: ScoreSink) -> None:
-        nonlocal n, flagged
-        if not pending:
-            return
-        images = (
-            pending[0].images
-            if len(pending) == 1
-            else np.concatenate([c.images for c in pending], axis=0)
-        )
-        scores = bundle.score(images, args.model)
-        anomaly = scores > threshold
-        sources = [c.source for c in pending for _ in range(len(c.images))]
-        index = np.concatenate(
-            [np.arange(c.start, c.start + len(c.images), dtype=np.int64) for c in pending]
-        )
-        sink.write(sources, index, scores, anomaly)
-        n += len(scores)
-        flagged += int(anomaly.sum())
-        progress.add(len(scores))
-        pending.clear()
-
-    started = time.perf_counter()
-    with ScoreSink.open(args.out, fmt) as sink, ErrorSink(_errors_path(args)) as errors:
-        try:
-            rows = 0
-            for item in iter_records(args.inputs, args.batch_size):
-                if isinstance(item, RecordError):
-                    if args.strict:
-                        raise InputError(f"{item} (--strict: stopped at the first bad record)")
-                    errors.write(item.source, item.index, item.message)
-                    if errors.count <= MAX_ERROR_LINES:
-                        progress.message(f"skipped: {item}")
-                    continue
-                pending.append(item)
-                rows += len(item.images)
-                if rows >= args.batch_size:
-                    flush(sink)
-                    rows = 0
-            flush(sink)
-        finally:
-            progress.close()
-        sink.commit()
-        errors.commit()
-    seconds = time.perf_counter() - started
+    done = score_files(
+        bundle,
+        args.inputs,
+        args.out,
+        model=args.model,
+        batch_size=args.batch_size,
+        fmt=args.format,
+        errors=args.errors,
+        strict=args.strict,
+        echo_errors=MAX_ERROR_LINES,
+    )
     entry = bundle.manifest["anomaly"][args.model]
-    share = f" ({100 * flagged / n:.2f}%)" if n else ""
+    n, share = done.scored, f" ({100 * done.flagged / done.scored:.2f}%)" if done.scored else ""
     print(
-        f"scored {n} images with the {args.model} ({entry['score']}) in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):,.0f} images/s): {flagged} anomalies{share} above the "
-        f"threshold {threshold:.6g} (calibrated at fpr {bundle.manifest['anomaly']['fpr']})"
-        + ("" if args.out in (None, "-") else f"; wrote {args.out} ({fmt})"),
+        f"scored {n} images with the {args.model} ({entry['score']}) in {done.seconds:.1f} s "
+        f"({n / max(done.seconds, 1e-9):,.0f} images/s): {done.flagged} anomalies{share} above "
+        f"the threshold {done.threshold:.6g} (calibrated at fpr {bundle.manifest['anomaly']['fpr']})"
+        + ("" if args.out in (None, "-") else f"; wrote {args.out} ({done.fmt})"),
         file=sys.stderr,
     )
-    if errors.count:
-        more = errors.count - MAX_ERROR_LINES
+    if done.failed:
+        more = done.failed - MAX_ERROR_LINES
         print(
-            f"{errors.count} records failed and were skipped"
+            f"{done.failed} records failed and were skipped"
             + (f" ({more} not shown above)" if more > 0 else "")
-            + f"; see {errors.path}",
+            + f"; see {done.errors_path}",
             file=sys.stderr,
         )
         return 1

@@ -1,5 +1,5 @@
 """Row sinks for streamed scores and record errors: CSV or Parquet, written to a temporary file
-beside the target and renamed over it only when the job completes.
+beside the target (``export.files.AtomicFile``) and renamed over it only when the job completes.
 
     with ScoreSink.open("scores.parquet", fmt="parquet") as sink:
         sink.write(["a.npy"] * 3, np.arange(3), scores, scores > threshold)
@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
+
+from export.files import AtomicFile
 
 FORMATS = ("csv", "parquet")
 COLUMNS = ("source", "index", "score", "anomaly")
@@ -49,7 +51,8 @@ class ScoreSink:
 
     def __init__(self, path: Path | None, fmt: str) -> None:
         self.path, self.fmt, self.rows = path, fmt, 0
-        self.tmp = None if path is None else path.with_name(f".{path.name}.tmp")
+        self._pending_file = None if path is None else AtomicFile(path)
+        self.tmp = None if self._pending_file is None else self._pending_file.path
         self._fh: IO[str] | None = None
         self._parquet: Any = None
         self._pending: list[tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray]] = []
@@ -64,13 +67,11 @@ class ScoreSink:
                     ("anomaly", self._pa.bool_()),
                 ]
             )
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._parquet = pq.ParquetWriter(str(self.tmp), self._schema)
         else:
             if path is None:
                 self._fh = sys.stdout
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = self.tmp.open("w", newline="")
             csv.writer(self._fh).writerow(COLUMNS)
 
@@ -92,7 +93,7 @@ class ScoreSink:
                 self._flush_parquet()
             return
         lines = [
-            f"{_csv_cell(s)},{i},{v:.7g},{int(a)}\n"
+            f"{csv_cell(s)},{i},{v:.7g},{int(a)}\n"
             for s, i, v, a in zip(
                 sources, index.tolist(), score.tolist(), anomaly.tolist(), strict=True
             )
@@ -128,8 +129,8 @@ class ScoreSink:
             if self.path is not None:
                 self._fh.close()
             self._fh = None
-        if self.tmp is not None:
-            self.tmp.replace(self.path)
+        if self._pending_file is not None:
+            self._pending_file.commit()
 
     def __enter__(self) -> ScoreSink:
         return self
@@ -144,11 +145,11 @@ class ScoreSink:
             self._parquet.close()
         if self._fh is not None and self.path is not None:
             self._fh.close()
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
+        if self._pending_file is not None:
+            self._pending_file.discard()
 
 
-def _csv_cell(text: str) -> str:
+def csv_cell(text: str) -> str:
     """Quote a CSV cell only where needed (a source name holding a comma, quote or newline)."""
     if any(c in text for c in ',"\n\r'):
         return '"' + text.replace('"', '""') + '"'
@@ -160,14 +161,14 @@ class ErrorSink:
 
     def __init__(self, path: Path) -> None:
         self.path, self.count = path, 0
-        self.tmp = path.with_name(f".{path.name}.tmp")
+        self._pending_file: AtomicFile | None = None
         self._fh: IO[str] | None = None
         self._writer: Any = None
 
     def write(self, source: str, index: int | None, message: str) -> None:
         if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.tmp.open("w", newline="")
+            self._pending_file = AtomicFile(self.path)
+            self._fh = self._pending_file.path.open("w", newline="")
             self._writer = csv.writer(self._fh)
             self._writer.writerow(["source", "index", "error"])
         self._writer.writerow([source, "" if index is None else index, message])
@@ -177,7 +178,7 @@ class ErrorSink:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-            self.tmp.replace(self.path)
+            self._pending_file.commit()
 
     def __enter__(self) -> ErrorSink:
         return self
@@ -185,4 +186,5 @@ class ErrorSink:
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
             self._fh.close()
-        self.tmp.unlink(missing_ok=True)
+        if self._pending_file is not None:
+            self._pending_file.discard()

@@ -14,7 +14,25 @@ from hypothesis import strategies as st
 
 from pipeline.config import SECTIONS, Config, ConfigError, build_config, load_config
 
-TRIED: Counter[str] = Counter()  # cases per property, printed at the end of the module
+TRIED: Counter[str] = Counter()  # cases per property
+
+
+# a property tries its settings' max_examples cases, or every case of a smaller finite space
+EXHAUSTIVE: dict[str, int] = {}  # test name -> the size of its finite space
+
+
+@pytest.fixture(autouse=True)
+def _count_cases(request: pytest.FixtureRequest):
+    """Each property test, run alone or in any order, reports and checks its own case count."""
+    before = sum(TRIED.values())
+    yield
+    if getattr(request.function, "is_hypothesis_test", False):
+        tried = sum(TRIED.values()) - before
+        print(f"config fuzz: {tried} cases tried by {request.node.name}")
+        settings_ = request.function._hypothesis_internal_use_settings
+        minimum = EXHAUSTIVE.get(request.function.__name__, settings_.max_examples)
+        assert tried >= minimum, f"{request.node.name} tried {tried} cases, expected {minimum}"
+
 
 SCHEMA: dict[str, dict[str, typing.Any]] = {
     f.name: typing.get_type_hints(f.default_factory) for f in dataclasses.fields(Config)
@@ -113,11 +131,13 @@ def test_a_size_of_zero_or_less_names_the_key(section_key, value):
     assert f"{section}.{key}" in str(info.value)
 
 
+FLOAT_KEYS = [(s, k) for s, k in KEYS if SCHEMA[s][k] is float]
+NON_FINITE = [math.nan, math.inf, -math.inf]
+EXHAUSTIVE["test_nan_and_inf_are_refused"] = len(FLOAT_KEYS) * len(NON_FINITE)
+
+
 @FUZZ
-@given(
-    st.sampled_from([(s, k) for s, k in KEYS if SCHEMA[s][k] is float]),
-    st.sampled_from([math.nan, math.inf, -math.inf]),
-)
+@given(st.sampled_from(FLOAT_KEYS), st.sampled_from(NON_FINITE))
 def test_nan_and_inf_are_refused(section_key, value):
     section, key = section_key
     TRIED["nan/inf floats"] += 1
@@ -146,12 +166,6 @@ def test_override_of_a_known_key_with_any_text(section_key, raw):
         assert f"{section}.{key}" in str(err) or "override" in str(err)
         return
     assert _finite_numbers(cfg)
-
-
-def test_zz_report_cases_tried():
-    """Runs last in this module: the number of fuzzed cases, for the record."""
-    print("config fuzz cases tried: " + ", ".join(f"{k} {v}" for k, v in TRIED.items()))
-    assert sum(TRIED.values()) >= 1000
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from export import scoring
@@ -146,13 +147,26 @@ def test_int8_decoders_drift_within_the_recorded_bound(
         )
 
 
-def test_sessions_are_created_once(bundle: Bundle, test_digits: np.ndarray):
-    before = dict(bundle._sessions)
-    assert sorted(before) == ["ae_decoder", "ae_encoder", "denoiser", "vae_decoder", "vae_encoder"]
-    bundle.score(test_digits[:5], "vae")
-    bundle.sample(3)
-    bundle.denoise(test_digits[:5])
-    assert all(bundle._sessions[k] is v for k, v in before.items())
+def test_sessions_are_created_once(export_run: Path, test_digits: np.ndarray, monkeypatch):
+    """Loading opens one ONNX Runtime session per model; using the bundle opens no more."""
+    opened: list[str] = []
+    real = ort.InferenceSession
+
+    def counting(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    loaded = Bundle.load(export_run / "export")
+    assert sorted(opened) == sorted(
+        loaded.manifest["models"][role]["file"]
+        for role in ("ae_encoder", "ae_decoder", "vae_encoder", "vae_decoder", "denoiser")
+    )
+    loaded.score(test_digits[:5], "vae")
+    loaded.score(test_digits[:5], "ae")
+    loaded.sample(3)
+    loaded.denoise(test_digits[:5])
+    assert len(opened) == 5
 
 
 def test_tampered_model_is_refused_naming_the_file(export_run: Path, tmp_path: Path):

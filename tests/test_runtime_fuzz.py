@@ -23,7 +23,26 @@ from export.inputs import InputError, as_images, read_images
 
 pytestmark = pytest.mark.slow
 
-TRIED: Counter[str] = Counter()  # cases per property, printed by the last test
+TRIED: Counter[str] = Counter()  # cases per property
+
+
+# a property tries its settings' max_examples cases, or every case of a smaller finite space
+EXHAUSTIVE: dict[str, int] = {}  # test name -> the size of its finite space
+
+
+@pytest.fixture(autouse=True)
+def _count_cases(request: pytest.FixtureRequest):
+    """Each property test, run alone or in any order, reports and checks its own case count."""
+    before = sum(TRIED.values())
+    yield
+    if getattr(request.function, "is_hypothesis_test", False):
+        tried = sum(TRIED.values()) - before
+        print(f"runtime fuzz: {tried} cases tried by {request.node.name}")
+        settings_ = request.function._hypothesis_internal_use_settings
+        minimum = EXHAUSTIVE.get(request.function.__name__, settings_.max_examples)
+        assert tried >= minimum, f"{request.node.name} tried {tried} cases, expected {minimum}"
+
+
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 VALID_LAYOUTS = ((784,), (28, 28), (28, 28, 1))
 
@@ -202,8 +221,3 @@ def test_generate_takes_latents_or_refuses(bundle, z):
     pixels = bundle.generate(z)
     assert pixels.shape == (len(as_rows), 28, 28)  # no latents: no digits
     assert np.isfinite(pixels).all() and ((pixels >= 0.0) & (pixels <= 1.0)).all()
-
-
-def test_zz_report_cases_tried():
-    print("runtime fuzz cases tried: " + ", ".join(f"{k} {v}" for k, v in sorted(TRIED.items())))
-    assert sum(TRIED.values()) >= 1000

@@ -1,5 +1,6 @@
-"""Scoring on Apache Beam (DirectRunner): RunInference with the ONNX model handler gives the same
-scores, flags and record errors as `python -m export score`, on real test digits.
+"""Scoring on Apache Beam (DirectRunner): the pipeline's workers run the CLI's own scoring loop
+and give the same scores, flags and record errors as `python -m export score`, on real test
+digits.
 
 Needs the beam extra: `make test` runs this file in .venv-beam (SCALEOUT_TESTS=1, where a
 missing Beam is an error); in the TensorFlow environment, which has no Beam, it is skipped.
@@ -22,10 +23,8 @@ if os.environ.get("SCALEOUT_TESTS") == "1":
 else:
     pytest.importorskip("apache_beam", reason="the beam extra runs in .venv-beam (make test-beam)")
 
-import onnxruntime as ort  # noqa: E402
-
 from export import beam as beam_scoring  # noqa: E402
-from export.bundle import Bundle  # noqa: E402
+from export.inputs import Chunk, read_unit, reading_units  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +106,24 @@ def test_beam_scores_equal_the_cli(export_run: Path, inputs: Path, tmp_path: Pat
     )
 
 
-def test_scorer_graph_is_the_encoder_then_the_decoder(export_run: Path, inputs: Path):
-    bundle = Bundle.load(export_run / "export")
-    images = np.load(inputs / "test.npy")[:50].astype(np.float32) / np.float32(255.0)
-    for model in ("ae", "vae"):
-        graph = beam_scoring.scorer_graph(bundle, model)
-        session = ort.InferenceSession(
-            graph.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        scores = beam_scoring.score_batch(session, list(images), model=model)["score"]
-        np.testing.assert_allclose(scores, bundle.score(images, model), rtol=1e-5)
-        pixels = session.run(["decoder_pixels"], {session.get_inputs()[0].name: images})[0]
-        np.testing.assert_allclose(pixels, bundle.reconstruct(images, model), atol=1e-5)
+def test_reading_units_cover_every_image_once(inputs: Path):
+    """The plan the workers share: .npy slices, one unit per PNG, other files whole; reading
+    every unit gives each image exactly once, in the reader's order within a unit."""
+    sources = [str(inputs / "test.npy"), str(inputs / "pngs"), str(inputs / "bad.npy")]
+    units = reading_units(sources, batch_size=64)
+    n = len(np.load(inputs / "test.npy"))
+    npy_units = [u for u in units if u[0] == sources[0]]
+    assert [start for _, start in npy_units] == list(range(0, n, 64))
+    assert [Path(s).name for s, start in units if start is None] == [
+        "0.png",
+        "1.png",
+        "2.png",
+        "small.png",
+    ]
+    seen = []
+    for unit in units:
+        for item in read_unit(unit, batch_size=64):
+            if isinstance(item, Chunk):
+                seen += [(Path(item.source).name, item.start + i) for i in range(len(item.images))]
+    assert len(seen) == len(set(seen)) == n + 3 + 19
+    assert ("test.npy", n - 1) in seen and ("bad.npy", 4) not in seen

@@ -1,0 +1,173 @@
+"""Streaming anomaly scoring: inputs of any size through a bundle's model, batch by batch.
+
+    summary = score_files(bundle, ["big.npy", "pngs/"], "scores.parquet", model="ae")
+    summary.scored, summary.flagged, summary.failed      # rows, anomalies, skipped records
+    for item in score_items(bundle, iter_records(["big.npy"], 4096), model="vae"):
+        ...                                                # Scored batches and RecordErrors
+
+``score_items`` is the loop itself (what ``python -m export score`` and the Beam pipeline both
+run): it gathers the valid images of the reader's chunks into batches of about ``batch_size``
+rows, scores each batch with ``Bundle.score`` and flags it against the threshold; a bad record
+passes through as a ``RecordError``. ``score_files`` adds the files around it: a score sink
+(CSV or Parquet, renamed into place only when complete), an errors file, ``strict`` (the first
+bad record stops it, nothing is left behind) and a progress counter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.bundle import Bundle
+from export.inputs import (
+    Chunk,
+    InputError,
+    Item,
+    RecordError,
+    count_records,
+    iter_records,
+    split_source,
+)
+from export.progress import Progress
+from export.sinks import ErrorSink, ScoreSink, format_for
+
+DEFAULT_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scored batch: row k is image ``index[k]`` of ``sources[k]``."""
+
+    sources: list[str]  # (k,)
+    index: np.ndarray  # (k,) int64
+    score: np.ndarray  # (k,) float32
+    anomaly: np.ndarray  # (k,) bool: score > threshold
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ``score_files`` did."""
+
+    scored: int
+    flagged: int
+    failed: int  # records skipped (each a row of the errors file)
+    seconds: float
+    threshold: float
+    fmt: str  # "csv" or "parquet"
+    errors_path: Path | None  # the errors file, when one was written
+
+
+def score_items(
+    bundle: Bundle,
+    items: Iterable[Item],
+    model: str = "vae",
+    batch_size: int = DEFAULT_BATCH,
+    threshold: float | None = None,
+) -> Iterator[Scored | RecordError]:
+    """Score the Chunks of ``items`` about ``batch_size`` rows at a time, in input order.
+
+    threshold: anomaly = score > threshold (default: the bundle's calibrated threshold).
+    RecordErrors are yielded as they come, before the rows of the batch being gathered.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    threshold = bundle.threshold(model) if threshold is None else float(threshold)
+    pending: list[Chunk] = []
+    rows = 0
+    for item in items:
+        if isinstance(item, RecordError):
+            yield item
+            continue
+        pending.append(item)
+        rows += len(item.images)
+        if rows >= batch_size:
+            yield _score(bundle, pending, model, threshold)
+            pending, rows = [], 0
+    if pending:
+        yield _score(bundle, pending, model, threshold)
+
+
+def _score(bundle: Bundle, chunks: list[Chunk], model: str, threshold: float) -> Scored:
+    images = chunks[0].images if len(chunks) == 1 else np.concatenate([c.images for c in chunks])
+    scores = bundle.score(images, model)
+    return Scored(
+        sources=[c.source for c in chunks for _ in range(len(c.images))],
+        index=np.concatenate([np.arange(c.start, c.start + len(c.images)) for c in chunks]),
+        score=scores,
+        anomaly=scores > threshold,
+    )
+
+
+def errors_path_for(out: str | None) -> Path:
+    """Where the errors of scoring into ``out`` go: OUT's stem + ``.errors.csv`` beside it
+    (``score-errors.csv`` when the scores go to stdout)."""
+    if out in (None, "-"):
+        return Path("score-errors.csv")
+    out_path = Path(out)
+    return out_path.with_name(f"{out_path.stem}.errors.csv")
+
+
+def score_files(
+    bundle: Bundle,
+    sources: Iterable[str | Path],
+    out: str | None,
+    model: str = "vae",
+    batch_size: int = DEFAULT_BATCH,
+    fmt: str | None = None,
+    errors: str | Path | None = None,
+    strict: bool = False,
+    threshold: float | None = None,
+    echo_errors: int = 0,
+) -> Summary:
+    """Score every image of ``sources`` into ``out`` (.csv or .parquet; None or "-": CSV on
+    stdout), bad records into ``errors`` (default ``errors_path_for(out)``, written only if
+    there are any).
+
+    strict: the first bad record raises ``InputError`` and no output file is left behind.
+    echo_errors: how many of the bad records to print on stderr as ``skipped: ...`` lines.
+    """
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise InputError("no input given")
+    for name in sources:  # a missing input is a mistake in the command, not a bad record
+        path, _ = split_source(name)
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+    fmt = format_for(out, fmt)
+    threshold = bundle.threshold(model) if threshold is None else float(threshold)
+    errors_path = Path(errors) if errors else errors_path_for(out)
+    progress = Progress("score", count_records(sources))
+    scored = flagged = 0
+    started = time.perf_counter()
+    with ScoreSink.open(out, fmt) as sink, ErrorSink(errors_path) as error_sink:
+        try:
+            records = iter_records(sources, batch_size)
+            for item in score_items(bundle, records, model, batch_size, threshold):
+                if isinstance(item, RecordError):
+                    if strict:
+                        raise InputError(f"{item} (--strict: stopped at the first bad record)")
+                    error_sink.write(item.source, item.index, item.message)
+                    if error_sink.count <= echo_errors:
+                        progress.message(f"skipped: {item}")
+                    continue
+                sink.write(item.sources, item.index, item.score, item.anomaly)
+                scored += len(item.score)
+                flagged += int(item.anomaly.sum())
+                progress.add(len(item.score))
+        finally:
+            progress.close()
+        sink.commit()
+        error_sink.commit()
+    return Summary(
+        scored=scored,
+        flagged=flagged,
+        failed=error_sink.count,
+        seconds=time.perf_counter() - started,
+        threshold=threshold,
+        fmt=fmt,
+        errors_path=errors_path if error_sink.count else None,
+    )
