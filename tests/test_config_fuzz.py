@@ -17,8 +17,9 @@ from pipeline.config import SECTIONS, Config, ConfigError, build_config, load_co
 TRIED: Counter[str] = Counter()  # cases per property
 
 
-# a property tries its settings' max_examples cases, or every case of a smaller finite space
-EXHAUSTIVE: dict[str, int] = {}  # test name -> the size of its finite space
+# a property tries FUZZ.max_examples cases, or what EXHAUSTIVE says for its test: the size of
+# a smaller finite space, or the max_examples of its own settings
+EXHAUSTIVE: dict[str, int] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +30,7 @@ def _count_cases(request: pytest.FixtureRequest):
     if getattr(request.function, "is_hypothesis_test", False):
         tried = sum(TRIED.values()) - before
         print(f"config fuzz: {tried} cases tried by {request.node.name}")
-        settings_ = request.function._hypothesis_internal_use_settings
-        minimum = EXHAUSTIVE.get(request.function.__name__, settings_.max_examples)
+        minimum = EXHAUSTIVE.get(request.function.__name__, FUZZ.max_examples)
         assert tried >= minimum, f"{request.node.name} tried {tried} cases, expected {minimum}"
 
 

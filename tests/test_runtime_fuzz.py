@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 TRIED: Counter[str] = Counter()  # cases per property
 
 
-# a property tries its settings' max_examples cases, or every case of a smaller finite space
-EXHAUSTIVE: dict[str, int] = {}  # test name -> the size of its finite space
+# a property tries FUZZ.max_examples cases, or what EXHAUSTIVE says for its test: the size of
+# a smaller finite space, or the max_examples of its own settings
+EXHAUSTIVE: dict[str, int] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +39,7 @@ def _count_cases(request: pytest.FixtureRequest):
     if getattr(request.function, "is_hypothesis_test", False):
         tried = sum(TRIED.values()) - before
         print(f"runtime fuzz: {tried} cases tried by {request.node.name}")
-        settings_ = request.function._hypothesis_internal_use_settings
-        minimum = EXHAUSTIVE.get(request.function.__name__, settings_.max_examples)
+        minimum = EXHAUSTIVE.get(request.function.__name__, FUZZ.max_examples)
         assert tried >= minimum, f"{request.node.name} tried {tried} cases, expected {minimum}"
 
 
@@ -156,8 +156,12 @@ def image_files(draw: st.DrawFn, kind: str) -> tuple[str, bytes, np.ndarray, boo
     return f"digits.{kind}", data, images, False
 
 
+FILE_FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+EXHAUSTIVE["test_files_read_right_or_refuse"] = FILE_FUZZ.max_examples
+
+
 @pytest.mark.parametrize("kind", FILE_KINDS)
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@FILE_FUZZ
 @given(data=st.data())
 def test_files_read_right_or_refuse(kind, data):
     name, data, images, damaged = data.draw(image_files(kind))
