@@ -30,6 +30,7 @@ import gzip
 import io
 import math
 import mmap
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -52,8 +53,10 @@ IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-# what numpy, zipfile, zlib, csv and Pillow raise for a damaged or misnamed file
+# what numpy (its .npy header parser tokenizes), zipfile, zlib, csv and Pillow raise for a
+# damaged or misnamed file
 READ_ERRORS = (
+    tokenize.TokenError,
     ValueError,
     OSError,
     EOFError,
@@ -61,6 +64,8 @@ READ_ERRORS = (
     MemoryError,
     OverflowError,
     zipfile.BadZipFile,
+    NotImplementedError,  # zipfile: a member's compression method is unknown
+    RuntimeError,  # zipfile: a member is encrypted
     zlib.error,
     csv.Error,
 )
@@ -95,6 +100,11 @@ Item = Chunk | RecordError
 
 
 # -- validation ---------------------------------------------------------------------------------
+
+
+def _one_line(err: BaseException) -> str:
+    """A library's error message on one line (numpy's span several)."""
+    return " ".join(str(err).split())
 
 
 def _where(source: str, index: int | None) -> str:
@@ -244,7 +254,9 @@ def _stream_items(
         try:
             data = fh.read(rows * row_bytes)
         except READ_ERRORS as err:
-            yield RecordError(source, start, f"{source}[{start}]: cannot read further ({err})")
+            yield RecordError(
+                source, start, f"{source}[{start}]: cannot read further ({_one_line(err)})"
+            )
             return
         whole = len(data) // row_bytes
         if whole:
@@ -374,17 +386,20 @@ def _npy_items(path: Path, source: str, batch_size: int) -> Iterator[Item]:
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as err:
-        raise InputError(f"{path}: not a plain .npy array ({err})") from None
+        raise InputError(f"{path}: not a plain .npy array ({_one_line(err)})") from None
     yield from _array_items(array, source, batch_size)
 
 
 def npy_shape(path: Path) -> tuple[int, ...] | None:
-    """The shape in a .npy file's header, or None if it is not a readable .npy."""
+    """The shape in a .npy file's header, or None if it is not a readable .npy (a header that
+    promises more data than the file holds is not)."""
     try:
         with path.open("rb") as fh:
-            return _npy_header(fh, str(path))[0]
+            shape, _, dtype = _npy_header(fh, str(path))
+            data_bytes = path.stat().st_size - fh.tell()
     except (*READ_ERRORS, InputError):
         return None
+    return shape if math.prod(shape) * dtype.itemsize <= data_bytes else None
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -406,7 +421,9 @@ def read_png(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable image") from None
     except (*READ_ERRORS, Image.DecompressionBombError) as err:
-        raise InputError(f"{path}: cannot read it, damaged or truncated? ({err})") from None
+        raise InputError(
+            f"{path}: cannot read it, damaged or truncated? ({_one_line(err)})"
+        ) from None
 
 
 def _png_item(path: Path) -> Item:
@@ -534,7 +551,8 @@ def _guarded(items: Iterator[Item], source: str, path: Path) -> Iterator[Item]:
     except InputError as err:
         yield RecordError(source, None, str(err))
     except READ_ERRORS as err:
-        message = f"{path}: cannot read it, damaged or truncated? ({type(err).__name__}: {err})"
+        reason = f"{type(err).__name__}: {_one_line(err)}"
+        message = f"{path}: cannot read it, damaged or truncated? ({reason})"
         yield RecordError(source, None, message)
 
 
