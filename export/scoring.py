@@ -12,9 +12,14 @@ plus KL(q(z|x) || N(0, I)); deterministic, in nats, higher is more anomalous.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 EPSILON = 1e-7  # pixel probabilities are clipped to [EPSILON, 1 - EPSILON], as Keras does
+
+
+ROW_BLOCK = 512  # rows per numpy pass: bounds the float64 temporaries (512 x 784 x 8 B each)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -22,15 +27,34 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1)
 
 
+def _by_rows(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """``fn(*arrays)`` for a per-row ``fn``, ROW_BLOCK rows at a time: the same values (each
+    row is reduced alone), with temporaries the size of a block instead of the batch."""
+    n = len(arrays[0])
+    if n <= ROW_BLOCK:
+        return fn(*arrays)
+    return np.concatenate(
+        [fn(*(a[i : i + ROW_BLOCK] for a in arrays)) for i in range(0, n, ROW_BLOCK)]
+    )
+
+
+def _mse(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    return np.mean((_flat(images) - _flat(pixels)) ** 2, axis=1).astype(np.float32)
+
+
 def reconstruction_mse(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """images, pixels: (n, 28, 28) in [0, 1] -> (n,) float32 mean squared error per image."""
-    return np.mean((_flat(images) - _flat(pixels)) ** 2, axis=1).astype(np.float32)
+    return _by_rows(_mse, np.asarray(images), np.asarray(pixels))
+
+
+def _nll(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    x, p = _flat(images), np.clip(_flat(pixels), EPSILON, 1.0 - EPSILON)
+    return -np.sum(x * np.log(p) + (1.0 - x) * np.log1p(-p), axis=1)
 
 
 def bernoulli_nll(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """-log p(x | pixels) summed over pixels: images, pixels (n, 28, 28) -> (n,) float64 nats."""
-    x, p = _flat(images), np.clip(_flat(pixels), EPSILON, 1.0 - EPSILON)
-    return -np.sum(x * np.log(p) + (1.0 - x) * np.log1p(-p), axis=1)
+    return _by_rows(_nll, np.asarray(images), np.asarray(pixels))
 
 
 def gaussian_kl(z_mean: np.ndarray, z_log_var: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@
         ...                                                # Scored batches and RecordErrors
 
 ``score_items`` is the loop itself (what ``python -m export score`` and the Beam pipeline both
-run): it gathers the valid images of the reader's chunks into batches of about ``batch_size``
-rows, scores each batch with ``Bundle.score`` and flags it against the threshold; a bad record
+run): it gathers the valid images of the reader's chunks into batches of at most
+``batch_size`` rows, scores each batch with ``Bundle.score`` and flags it against the threshold; a bad record
 passes through as a ``RecordError``. ``score_files`` adds the files around it: a score sink
 (CSV or Parquet, renamed into place only when complete), an errors file, ``strict`` (the first
 bad record stops it, nothing is left behind) and a progress counter.
@@ -68,7 +68,10 @@ def score_items(
     batch_size: int = DEFAULT_BATCH,
     threshold: float | None = None,
 ) -> Iterator[Scored | RecordError]:
-    """Score the Chunks of ``items`` about ``batch_size`` rows at a time, in input order.
+    """Score the Chunks of ``items`` in batches of at most ``batch_size`` rows, in input order:
+    small chunks (single PNGs, runs between bad CSV rows) are gathered into one batch, a chunk
+    that would overflow the batch starts the next, so memory stays that of one batch however
+    the chunks fall.
 
     threshold: anomaly = score > threshold (default: the bundle's calibrated threshold).
     RecordErrors are yielded as they come, before the rows of the batch being gathered.
@@ -82,13 +85,24 @@ def score_items(
         if isinstance(item, RecordError):
             yield item
             continue
-        pending.append(item)
-        rows += len(item.images)
-        if rows >= batch_size:
-            yield _score(bundle, pending, model, threshold)
-            pending, rows = [], 0
+        for start in range(0, len(item.images), batch_size):  # a chunk larger than a batch
+            piece = item if len(item.images) <= batch_size else _part(item, start, batch_size)
+            if pending and rows + len(piece.images) > batch_size:
+                # score what is gathered rather than concatenate (and keep alive) parts of
+                # two large chunks: a batch never holds more than batch_size rows
+                yield _score(bundle, pending, model, threshold)
+                pending, rows = [], 0
+            pending.append(piece)
+            rows += len(piece.images)
+            if rows == batch_size:
+                yield _score(bundle, pending, model, threshold)
+                pending, rows = [], 0
     if pending:
         yield _score(bundle, pending, model, threshold)
+
+
+def _part(chunk: Chunk, start: int, size: int) -> Chunk:
+    return Chunk(chunk.source, chunk.start + start, chunk.images[start : start + size])
 
 
 def _score(bundle: Bundle, chunks: list[Chunk], model: str, threshold: float) -> Scored:
