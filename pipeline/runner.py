@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
-from pipeline import denoiser, evaluate, ingest, train
-from pipeline import export as export_stage
+from pipeline import bundler, denoiser, evaluate, ingest, train
 from pipeline.common import Paths, library_versions, remove_stale_temporaries
 from pipeline.config import Config, config_to_toml
 
@@ -83,10 +82,10 @@ STAGES: dict[str, Stage] = {
     ),
     "export": Stage(
         "export",
-        export_stage.run,
+        bundler.run,
         ("data", "train", "evaluate", "export"),  # train: the seed of the prior draws
-        export_stage.export_inputs,
-        export_stage.export_outputs,
+        bundler.export_inputs,
+        bundler.export_outputs,
     ),
 }
 
