@@ -4,7 +4,7 @@ Classification"), with the published Deep SVDD and OCGAN rows beside ours.
     python bench/one_class.py --data /tmp/exp/data/mnist.npz --quiet   # 3 seeds, latent 8/16/32
     python bench/one_class.py --render bench/one_class.json --plot bench/one_class.png
 
-For each digit d: train the pipeline's AE and VAE (``pipeline.train.fit_model``) on the class-d
+For each digit d: train the pipeline's AE and VAE (``pipeline.fitting.fit_model``) on the class-d
 images of the train split only, early-stopping on the class-d images of the validation split;
 score all 10,000 test digits; AUROC with d normal and the other nine digits anomalous
 (``export.metrics.roc_auc``). Pixels are in [0, 1] (``pipeline.data.load_split``); no other
@@ -235,11 +235,11 @@ def select_latent_dim(
     """Fit the VAE at each latent size on the normal images; keep the one with the best ELBO.
 
     train_images, val_images: (n, 28, 28), the normal class only: the choice sees no anomaly and
-    no test image. fit: ``pipeline.train.fit_model`` unless given.
+    no test image. fit: ``pipeline.fitting.fit_model`` unless given.
     Returns (chosen size, {size: best validation negative ELBO}, the chosen VAE's fit).
     """
     if fit is None:
-        from pipeline.train import fit_model as fit
+        from pipeline.fitting import fit_model as fit
     val_losses: dict[int, float] = {}
     kept: dict[int, tuple[Any, dict[str, list[float]], float]] = {}
     for dim in sorted(latent_dims):
@@ -262,7 +262,7 @@ def run_digit(
 ) -> dict[str, Any]:
     """Choose the latent size among ``latent_dims`` on normal data, train AE and VAE at that size
     on class ``digit``, then score the whole test split; AUROC per score."""
-    from pipeline.train import fit_model
+    from pipeline.fitting import fit_model
 
     train = one_class_split(*splits["train"], digit, train_limit)
     val = one_class_split(*splits["validation"], digit)

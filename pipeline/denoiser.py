@@ -6,7 +6,7 @@ The 2-D AE and VAE are shaped to draw their latent plane, not to denoise: throug
 noisy digit often comes back as another digit. This stage trains a separate MLP autoencoder
 (``[denoiser]``: a wider latent) on the train split, each batch with fresh clipped Gaussian
 noise on its inputs and the clean digits as targets, and early-stops on the validation split
-under one fixed draw of the same noise. It is fitted by ``pipeline.train.fit_model`` with the
+under one fixed draw of the same noise. It is fitted by ``pipeline.fitting.fit_model`` with the
 ``[train]`` settings but ``denoiser.epochs``, so it checkpoints every epoch and resumes like
 the AE and VAE; the noise of a batch depends only on the seed and the batch's index.
 
@@ -27,16 +27,16 @@ from pipeline.checkpoint import CheckpointStore
 from pipeline.common import Paths
 from pipeline.config import Config
 from pipeline.data import load_split
-from pipeline.measures import add_noise, psnr
-from pipeline.train import (
+from pipeline.fitting import (
     CHECKPOINT_DIR,
     checkpoint_key,
     fit_model,
     history_csv,
     save_keras_atomic,
 )
+from pipeline.measures import add_noise, psnr
 
-KIND = "denoiser"  # the model kind for pipeline.train and the folder under --out
+KIND = "denoiser"  # the model kind for pipeline.fitting and the folder under --out
 FILES = ("model.keras", "history.csv", "summary.json")
 PREDICT_BATCH = 1024
 

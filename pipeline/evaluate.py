@@ -276,7 +276,7 @@ def draw_figures(
 
 def run(cfg: Config, paths: Paths) -> dict[str, float]:
     """Compute every metric, draw every figure, write metrics.json, latent_boxes.json, report."""
-    from pipeline.train import keras_verbosity
+    from pipeline.fitting import keras_verbosity
 
     ev = cfg.evaluate
     clock = _Clock()

@@ -159,7 +159,7 @@ class _LoggedSplits(dict):
 
 
 def _fake_fit(log: list, val_loss: dict[int, float]):
-    """A stand-in for ``pipeline.train.fit_model``: logs each call and returns a history whose
+    """A stand-in for ``pipeline.fitting.fit_model``: logs each call and returns a history whose
     best validation loss is ``val_loss[latent size]`` (the AE's is 1.0)."""
 
     def fit(kind, cfg, train_images, val_images, **kwargs):
@@ -196,10 +196,12 @@ def test_choose_latent_dim_takes_the_lowest_finite_loss_ties_to_the_smaller():
 def test_latent_selection_sees_only_the_normal_images(monkeypatch: pytest.MonkeyPatch):
     """The choice is made from VAE fits on class-d train and validation images alone; the test
     split is not read until every model of the digit is fitted."""
-    import pipeline.train
+    import pipeline.fitting
 
     log: list = []
-    monkeypatch.setattr(pipeline.train, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0, 8: 107.0}))
+    monkeypatch.setattr(
+        pipeline.fitting, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0, 8: 107.0})
+    )
     monkeypatch.setattr(one_class, "score_images", _fake_scores)
     splits = _tiny_splits()
     cfg = one_class.benchmark_config(one_class.parse_args(["--quiet"]))
@@ -227,10 +229,10 @@ def test_latent_selection_sees_only_the_normal_images(monkeypatch: pytest.Monkey
 def test_three_seeds_keep_the_first_seeds_choice_and_record_the_headline(
     monkeypatch: pytest.MonkeyPatch, smoke_run: Path
 ):
-    import pipeline.train
+    import pipeline.fitting
 
     log: list = []
-    monkeypatch.setattr(pipeline.train, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0}))
+    monkeypatch.setattr(pipeline.fitting, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0}))
     monkeypatch.setattr(one_class, "score_images", _fake_scores)
     cfg = one_class.benchmark_config(one_class.parse_args(["--quiet"]))
     dataset = smoke_run / "data" / "mnist.npz"
