@@ -33,7 +33,7 @@ import numpy as np
 
 from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
 from export.files import sha256_file, sha256_json, write_json_atomic
-from pipeline.common import Paths, library_versions
+from pipeline.common import Paths, library_versions, load_denoiser, load_models
 from pipeline.config import Config
 from pipeline.conversion import (
     ExportError,
@@ -112,8 +112,6 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     """Convert, check and write every file of the bundle into ``folder``; returns the manifest."""
-    from pipeline.evaluate import load_denoiser, load_models
-
     metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
     missing = [f"{k}.anomaly_threshold" for k in KINDS if f"{k}.anomaly_threshold" not in metrics]
     if missing:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.common import PREDICT_BATCH
 from pipeline.config import Config
 
 # graph input and output names of each converted model, in the Keras model's output order
@@ -29,7 +30,6 @@ IO_NAMES = {
 }
 BATCH_DIM = "batch"
 ORT_DTYPES = {"tensor(float)": "float32"}
-KERAS_PREDICT_BATCH = 1024
 
 
 class ExportError(RuntimeError):
@@ -122,7 +122,7 @@ def convert(model: Any, role: str, opset: int) -> Any:
 
 def keras_outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
     """Every output of the Keras ``model`` for ``x``, as a list."""
-    out = model.predict(x, batch_size=KERAS_PREDICT_BATCH, verbose=0)
+    out = model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
     return list(out) if isinstance(out, list | tuple) else [out]
 
 

@@ -11,7 +11,7 @@ under one fixed draw of the same noise. It is fitted by ``pipeline.fitting.fit_m
 the AE and VAE; the noise of a batch depends only on the seed and the batch's index.
 
 Writes under ``denoiser/``: ``model.keras`` (images (n, 28, 28) -> pixels (n, 28, 28)),
-``history.csv`` and ``summary.json``. ``denoise_metrics`` is what the evaluate stage reports.
+``history.csv`` and ``summary.json``. The evaluate stage measures it (``measures.denoise_metrics``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore
-from pipeline.common import Paths
+from pipeline.common import Paths, denoise
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.fitting import (
@@ -38,7 +38,6 @@ from pipeline.measures import add_noise, psnr
 
 KIND = "denoiser"  # the model kind for pipeline.fitting and the folder under --out
 FILES = ("model.keras", "history.csv", "summary.json")
-PREDICT_BATCH = 1024
 
 
 def denoiser_outputs(paths: Paths) -> list[Path]:
@@ -50,39 +49,6 @@ def fit_config(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, epochs=cfg.denoiser.epochs)
     )
-
-
-def denoise(model: Any, images: np.ndarray) -> np.ndarray:
-    """The denoiser's output for ``images`` (n, 28, 28) in [0, 1]: (n, 28, 28) float32."""
-    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-
-
-def denoise_metrics(
-    clean: np.ndarray,
-    noisy: np.ndarray,
-    denoised: np.ndarray,
-    clean_probs: np.ndarray,
-    classifier: Any,
-) -> dict[str, float]:
-    """The ``denoise.*`` metrics: PSNR gain and how often the classifier still sees the digit.
-
-    clean, noisy, denoised: (n, 28, 28) float32 in [0, 1]; clean_probs: (n, 10) the
-    classifier's probabilities on ``clean``. A digit is kept when the classifier's label of the
-    denoised image equals its label of the clean one (not the dataset label: a clean digit the
-    classifier gets wrong should not count against the denoiser).
-    """
-    clean_label = np.asarray(clean_probs).argmax(axis=1)
-
-    def kept(images: np.ndarray) -> float:
-        probs = classifier.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-        return float(np.mean(probs.argmax(axis=1) == clean_label))
-
-    gain = psnr(clean, denoised) - psnr(clean, noisy)
-    return {
-        "denoise.psnr_gain_db": float(gain.mean()),
-        "denoise.class_kept": kept(denoised),
-        "denoise.noisy_class_kept": kept(noisy),
-    }
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:

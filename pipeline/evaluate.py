@@ -28,11 +28,19 @@ from export.scoring import (
     negative_elbo,
     reconstruction_mse,
 )
-from pipeline import denoiser, figures, measures, report
+from pipeline import figures, measures, report
 from pipeline.classifier import classifier_paths, feature_model, train_or_reuse
-from pipeline.common import Paths, library_versions
+from pipeline.common import (
+    PREDICT_BATCH,
+    Paths,
+    denoise,
+    library_versions,
+    load_denoiser,
+    load_models,
+)
 from pipeline.config import Config, config_to_toml
 from pipeline.data import load_split
+from pipeline.fitting import keras_verbosity
 from pipeline.likelihood import bernoulli_entropy, vae_likelihood
 
 AE_BOX_PERCENTILES = (1.0, 99.0)  # ae_grid.png spans this percentile box of the test latents
@@ -41,7 +49,6 @@ VAE_GRID_QUANTILES = (0.05, 0.95)  # the VAE grid spans these quantiles of the N
 # 1st-99th percentile box of each model's own train latents; the VAE's also over its prior box.
 MEASURE_BOX_PERCENTILES = (1.0, 99.0)
 GAP_PERCENTILE = 99.0  # a grid cell is empty when farther than this pct of test-to-train NN
-PREDICT_BATCH = 1024
 FIGURES = (
     "digits",
     "latent_scatter",
@@ -52,28 +59,6 @@ FIGURES = (
     "anomalies",
     "training_curves",
 )
-
-
-def load_models(paths: Paths) -> dict[str, Any]:
-    """The four sub-models, loaded in safe mode: ae_encoder, ae_decoder, vae_encoder, vae_decoder."""
-    from models import load_model
-
-    return {
-        f"{kind}_{part}": load_model(paths.model_dir(kind) / f"{part}.keras")
-        for kind in ("ae", "vae")
-        for part in ("encoder", "decoder")
-    }
-
-
-def denoiser_path(paths: Paths) -> Path:
-    return paths.model_dir(denoiser.KIND) / "model.keras"
-
-
-def load_denoiser(paths: Paths) -> Any:
-    """The denoising autoencoder, images (n, 28, 28) -> pixels (n, 28, 28), in safe mode."""
-    from models import load_model
-
-    return load_model(denoiser_path(paths))
 
 
 def encode_decode(models: dict[str, Any], kind: str, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -276,8 +261,6 @@ def draw_figures(
 
 def run(cfg: Config, paths: Paths) -> dict[str, float]:
     """Compute every metric, draw every figure, write metrics.json, latent_boxes.json, report."""
-    from pipeline.fitting import keras_verbosity
-
     ev = cfg.evaluate
     clock = _Clock()
     models = load_models(paths)
@@ -404,9 +387,15 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
             np.concatenate([test_scores[kind], noisy_scores]), is_noisy
         )
     # the denoising autoencoder: closer to the clean digit, and still the same digit?
-    denoised["denoiser"] = denoiser.denoise(load_denoiser(paths), noisy)
+    denoised["denoiser"] = denoise(load_denoiser(paths), noisy)
+    noisy_probs, denoised_probs = (
+        classifier.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+        for images in (noisy, denoised["denoiser"])
+    )
     metrics.update(
-        denoiser.denoise_metrics(test_images, noisy, denoised["denoiser"], test_probs, classifier)
+        measures.denoise_metrics(
+            test_images, noisy, denoised["denoiser"], test_probs, noisy_probs, denoised_probs
+        )
     )
     clock.lap(f"denoising (sigma {ev.noise_sigma:g})")
 
@@ -513,7 +502,7 @@ def measurement_notes(
 
 
 def evaluate_inputs(paths: Paths) -> list[Path]:
-    return [paths.dataset, denoiser_path(paths)] + [
+    return [paths.dataset, paths.keras_file("denoiser")] + [
         paths.model_dir(kind) / name
         for kind in ("ae", "vae")
         for name in ("encoder.keras", "decoder.keras", "history.csv")
