@@ -33,7 +33,7 @@ import numpy as np
 
 from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
 from export.files import sha256_file, sha256_json, write_json_atomic
-from pipeline.common import Paths, library_versions, load_denoiser, load_models
+from pipeline.common import Paths, Stage, library_versions, load_denoiser, load_models
 from pipeline.config import Config
 from pipeline.conversion import (
     ExportError,
@@ -47,18 +47,16 @@ from pipeline.data import load_split
 from pipeline.measures import add_noise
 
 KINDS = ("ae", "vae")
-KERAS_FILES = ("model.keras", "encoder.keras", "decoder.keras")
 PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity and drift checks
 TEST_LATENTS = "test_latents.npz"
 DENOISER = "denoiser"  # its role in the manifest and its folder under --out
 
 
 def export_inputs(paths: Paths) -> list[Path]:
-    keras_files = [paths.model_dir(k) / name for k in KINDS for name in KERAS_FILES]
+    """Every Keras file of the three models, the evaluation's thresholds and boxes, the data."""
     return [
-        *keras_files,
-        paths.model_dir(DENOISER) / "model.keras",
-        paths.model_dir(DENOISER) / "summary.json",  # the noise it was trained on
+        *(path for kind in (*KINDS, DENOISER) for path in paths.keras_files(kind)),
+        paths.summary_file(DENOISER),  # the noise it was trained on
         paths.eval_dir / "metrics.json",
         paths.eval_dir / "latent_boxes.json",
         paths.dataset,
@@ -158,7 +156,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
                 f"{drift['max_abs_one_at_a_time']:.4f})"
             )
     # the denoiser, checked on the noisy digits it is made for
-    sigma = json.loads((paths.model_dir(DENOISER) / "summary.json").read_text())["noise_sigma"]
+    sigma = json.loads(paths.summary_file(DENOISER).read_text())["noise_sigma"]
     noisy = add_noise(images, sigma, seed=cfg.train.seed)
     opened[DENOISER], parity[DENOISER] = export_checked(
         load_denoiser(paths), DENOISER, noisy, folder, cfg
@@ -175,10 +173,9 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
 
     keras_dir = folder / "keras"
     keras_dir.mkdir()
-    for kind in KINDS:
-        for name in KERAS_FILES:
-            shutil.copyfile(paths.model_dir(kind) / name, keras_dir / f"{kind}_{name}")
-    shutil.copyfile(paths.model_dir(DENOISER) / "model.keras", keras_dir / "denoiser_model.keras")
+    for kind in (*KINDS, DENOISER):
+        for path in paths.keras_files(kind):
+            shutil.copyfile(path, keras_dir / f"{kind}_{path.name}")
     files = {
         p.relative_to(folder).as_posix(): _file_entry(p)
         for p in sorted(folder.rglob("*"))
@@ -238,3 +235,12 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return manifest
+
+
+STAGE = Stage(
+    name="export",
+    run=run,
+    sections=("data", "train", "evaluate", "export"),  # train: the seed of the prior draws
+    inputs=export_inputs,
+    outputs=export_outputs,
+)

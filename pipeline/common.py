@@ -24,7 +24,8 @@ from export.files import TEMPORARY_GLOB
 from pipeline.config import Config
 
 # The Keras files a training stage writes under its model's folder (``<part>.keras``): the AE and
-# VAE the whole model and its two halves, the denoiser the model alone; each also writes these.
+# VAE the whole model and its two halves, the denoiser the model alone. Beside them each writes
+# HISTORY_FILE and SUMMARY_FILE (all of them: ``Paths.model_files``).
 KERAS_PARTS = {
     "ae": ("model", "encoder", "decoder"),
     "vae": ("model", "encoder", "decoder"),

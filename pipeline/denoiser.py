@@ -24,7 +24,7 @@ import numpy as np
 
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore
-from pipeline.common import Paths, denoise
+from pipeline.common import Paths, Stage, denoise
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.fitting import (
@@ -37,11 +37,16 @@ from pipeline.fitting import (
 from pipeline.measures import add_noise, psnr
 
 KIND = "denoiser"  # the model kind for pipeline.fitting and the folder under --out
-FILES = ("model.keras", "history.csv", "summary.json")
+
+
+def denoiser_inputs(paths: Paths) -> list[Path]:
+    """The files the stage reads: the dataset."""
+    return [paths.dataset]
 
 
 def denoiser_outputs(paths: Paths) -> list[Path]:
-    return [paths.model_dir(KIND) / name for name in FILES]
+    """``model.keras``, ``history.csv`` and ``summary.json`` under ``denoiser/``."""
+    return paths.model_files(KIND)
 
 
 def fit_config(cfg: Config) -> Config:
@@ -82,8 +87,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         val_inputs=val_noisy,
     )
 
-    save_keras_atomic(model, out / "model.keras")
-    write_text_atomic(out / "history.csv", history_csv(history, None))
+    save_keras_atomic(model, paths.keras_file(KIND))
+    write_text_atomic(paths.history_file(KIND), history_csv(history, None))
     noisy_psnr = psnr(val_images, val_noisy)
     val_gain = psnr(val_images, denoise(model, val_noisy)) - noisy_psnr
     best = int(np.argmin(history["val_loss"]))
@@ -105,7 +110,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         "val_noisy_psnr_db": float(noisy_psnr.mean()),
         "val_psnr_gain_db": float(val_gain.mean()),
     }
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(paths.summary_file(KIND), summary)
     print(
         f"train_{KIND}: best val_loss {summary['best_val_loss']:.2f} nats at epoch "
         f"{summary['best_epoch']}/{summary['epochs_run']}, validation PSNR gain "
@@ -114,3 +119,12 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     )
     CheckpointStore(checkpoint_dir, "").clear()
     return summary
+
+
+STAGE = Stage(
+    name="train_denoiser",
+    run=run,
+    sections=("data", "train", "denoiser"),
+    inputs=denoiser_inputs,
+    outputs=denoiser_outputs,
+)

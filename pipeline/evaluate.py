@@ -33,6 +33,7 @@ from pipeline.classifier import classifier_paths, feature_model, train_or_reuse
 from pipeline.common import (
     PREDICT_BATCH,
     Paths,
+    Stage,
     denoise,
     library_versions,
     load_denoiser,
@@ -253,8 +254,8 @@ def draw_figures(
     )
     figures.training_curves_figure(
         fig["training_curves"],
-        read_history(paths.model_dir("ae") / "history.csv"),
-        read_history(paths.model_dir("vae") / "history.csv"),
+        read_history(paths.history_file("ae")),
+        read_history(paths.history_file("vae")),
     )
     return fig
 
@@ -503,9 +504,13 @@ def measurement_notes(
 
 def evaluate_inputs(paths: Paths) -> list[Path]:
     return [paths.dataset, paths.keras_file("denoiser")] + [
-        paths.model_dir(kind) / name
+        path
         for kind in ("ae", "vae")
-        for name in ("encoder.keras", "decoder.keras", "history.csv")
+        for path in (
+            paths.keras_file(kind, "encoder"),
+            paths.keras_file(kind, "decoder"),
+            paths.history_file(kind),
+        )
     ]
 
 
@@ -519,3 +524,12 @@ def evaluate_outputs(paths: Paths) -> list[Path]:
         *(figure_path(paths, name) for name in FIGURES),
         report_path(paths),
     ]
+
+
+STAGE = Stage(
+    name="evaluate",
+    run=run,
+    sections=("data", "evaluate"),
+    inputs=evaluate_inputs,
+    outputs=evaluate_outputs,
+)

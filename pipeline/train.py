@@ -10,13 +10,16 @@ which makes the VAE's loss the negative ELBO). The fit itself is ``pipeline.fitt
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.files import sha256_file, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore
-from pipeline.common import Paths
+from pipeline.common import Paths, Stage
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.fitting import (
@@ -26,8 +29,6 @@ from pipeline.fitting import (
     history_csv,
     save_keras_atomic,
 )
-
-MODEL_FILES = ("model.keras", "encoder.keras", "decoder.keras")
 
 
 def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
@@ -51,11 +52,11 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
         checkpoint_key=checkpoint_key(kind, cfg, sha256_file(paths.dataset)),
     )
 
-    save_keras_atomic(model, out / "model.keras")
-    save_keras_atomic(submodel(model, f"{kind}_encoder"), out / "encoder.keras")
-    save_keras_atomic(submodel(model, f"{kind}_decoder"), out / "decoder.keras")
+    save_keras_atomic(model, paths.keras_file(kind, "model"))
+    for part in ("encoder", "decoder"):
+        save_keras_atomic(submodel(model, f"{kind}_{part}"), paths.keras_file(kind, part))
     beta = cfg.model.beta if kind == "vae" else None
-    write_text_atomic(out / "history.csv", history_csv(history, beta))
+    write_text_atomic(paths.history_file(kind), history_csv(history, beta))
 
     best = int(np.argmin(history["val_loss"]))
     epochs_run = len(history["loss"])
@@ -78,7 +79,7 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
     }
     if kind == "vae":
         summary["val_kl_at_best"] = float(history["val_kl"][best])
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(paths.summary_file(kind), summary)
     print(
         f"train_{kind}: best val_loss {summary['best_val_loss']:.2f} nats at epoch "
         f"{summary['best_epoch']}/{summary['epochs_run']} in {seconds:.0f} s -> {out}"
@@ -93,3 +94,23 @@ def run_ae(cfg: Config, paths: Paths) -> dict[str, Any]:
 
 def run_vae(cfg: Config, paths: Paths) -> dict[str, Any]:
     return train_model("vae", cfg, paths)
+
+
+def train_inputs(paths: Paths) -> list[Path]:
+    """The files the train stages read: the dataset."""
+    return [paths.dataset]
+
+
+def _training_stage(kind: str, run: Callable[[Config, Paths], Any]) -> Stage:
+    """Stage ``train_<kind>``: its config sections, the dataset in, ``Paths.model_files`` out."""
+    return Stage(
+        name=f"train_{kind}",
+        run=run,
+        sections=("data", "model", "train"),
+        inputs=train_inputs,
+        outputs=functools.partial(Paths.model_files, kind=kind),
+    )
+
+
+AE_STAGE = _training_stage("ae", run_ae)
+VAE_STAGE = _training_stage("vae", run_vae)
