@@ -16,6 +16,7 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -81,27 +82,11 @@ def anomaly_scores(images: np.ndarray, out: dict[str, np.ndarray], kind: str) ->
     return negative_elbo(images, out["pixels"], out["z"], out["z_log_var"])
 
 
-def standard_normal_quantile(p: float) -> float:
-    """Phi^{-1}(p) by bisection on erf (no SciPy needed); accurate to ~1e-12."""
-    from math import erf, sqrt
-
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + erf(mid / sqrt(2))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def prior_box(latent_dim: int) -> tuple[list[float], list[float]]:
     """(low, high): the ``VAE_GRID_QUANTILES`` of N(0, 1) on every latent axis."""
     low_q, high_q = VAE_GRID_QUANTILES
-    return (
-        [standard_normal_quantile(low_q)] * latent_dim,
-        [standard_normal_quantile(high_q)] * latent_dim,
-    )
+    normal = NormalDist()
+    return [normal.inv_cdf(low_q)] * latent_dim, [normal.inv_cdf(high_q)] * latent_dim
 
 
 def latent_boxes(ae_test_z: np.ndarray, latent_dim: int) -> dict[str, Any]:
