@@ -108,6 +108,75 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def export_autoencoder(
+    kind: str, models: dict[str, Any], images: np.ndarray, folder: Path, cfg: Config
+) -> tuple[dict[str, dict[str, Any]], dict[str, OnnxModel], dict[str, dict[str, float]]]:
+    """The encoder and decoder of ``kind`` ("ae" or "vae") as ONNX, and the decoder's int8 copy.
+
+    images: (n, 28, 28) the parity digits; the decoder is checked on their latents plus
+    ``PRIOR_SAMPLES`` prior draws. Returns (manifest entries, opened files, parity records),
+    each keyed by role ("vae_encoder", "vae_decoder", "vae_decoder_int8").
+    """
+    encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
+    z = _latent_inputs(keras_outputs(encoder, images)[0], cfg.train.seed)
+    entries, opened, parity = {}, {}, {}
+    for part, model, x in (("encoder", encoder, images), ("decoder", decoder, z)):
+        role = f"{kind}_{part}"
+        opened[role], parity[role] = export_checked(model, role, x, folder, cfg)
+        entries[role] = {"file": opened[role].path.name, "precision": "fp32"}
+    if not cfg.export.int8:
+        return entries, opened, parity
+    fp32 = opened[f"{kind}_decoder"]
+    int8, method = quantize(fp32, folder / f"{kind}_decoder.int8.onnx")
+    opened[f"{kind}_decoder_int8"] = int8
+    # the latents a deployment would decode: the exported encoder's, plus prior draws
+    z_ort = _latent_inputs(opened[f"{kind}_encoder"].run(images)[0], cfg.train.seed)
+    drift = measure_drift(fp32, int8, z_ort)
+    entries[f"{kind}_decoder_int8"] = {
+        "file": int8.path.name,
+        "precision": "int8",
+        "quantization": method,
+        "drift_vs_fp32": {
+            **drift,
+            "test_digits": len(images),
+            "prior_draws": PRIOR_SAMPLES,
+            "seed": cfg.train.seed,
+        },
+    }
+    print(
+        f"export: {kind}_decoder int8: {int8.path.stat().st_size:,} bytes "
+        f"(fp32 {fp32.path.stat().st_size:,}), pixel drift max {drift['max_abs']:.4f} "
+        f"mean {drift['mean_abs']:.5f} (one at a time: max "
+        f"{drift['max_abs_one_at_a_time']:.4f})"
+    )
+    return entries, opened, parity
+
+
+def export_denoiser(
+    paths: Paths, images: np.ndarray, folder: Path, cfg: Config
+) -> tuple[dict[str, Any], OnnxModel, dict[str, float]]:
+    """The denoiser as ONNX, checked on ``images`` (n, 28, 28) under the noise it was trained
+    on; returns (its manifest entry, the opened file, its parity record)."""
+    sigma = json.loads(paths.summary_file(DENOISER).read_text())["noise_sigma"]
+    noisy = add_noise(images, sigma, seed=cfg.train.seed)
+    opened, parity = export_checked(load_denoiser(paths), DENOISER, noisy, folder, cfg)
+    entry = {
+        "file": opened.path.name,
+        "precision": "fp32",
+        "trained_on": {"noise": "clip(x + N(0, sigma^2), 0, 1) per pixel", "sigma": sigma},
+    }
+    return entry, opened, parity
+
+
+def copy_keras_models(paths: Paths, folder: Path) -> None:
+    """Every ``.keras`` file of the three models into ``folder/keras/`` as ``<kind>_<name>``."""
+    keras_dir = folder / "keras"
+    keras_dir.mkdir()
+    for kind in (*KINDS, DENOISER):
+        for path in paths.keras_files(kind):
+            shutil.copyfile(path, keras_dir / f"{kind}_{path.name}")
+
+
 def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     """Convert, check and write every file of the bundle into ``folder``; returns the manifest."""
     metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
@@ -118,74 +187,35 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     models = load_models(paths)
     test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
     images = test_images[: cfg.export.parity_samples]
-    atol, rtol = cfg.export.parity_atol, cfg.export.parity_rtol
 
     entries: dict[str, dict[str, Any]] = {}
     opened: dict[str, OnnxModel] = {}  # each saved file's one session, keyed like ``entries``
     parity: dict[str, dict[str, float]] = {}
     for kind in KINDS:
-        encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
-        enc_out = keras_outputs(encoder, images)
-        z = _latent_inputs(enc_out[0], cfg.train.seed)
-        for part, model, x in (("encoder", encoder, images), ("decoder", decoder, z)):
-            role = f"{kind}_{part}"
-            opened[role], parity[role] = export_checked(model, role, x, folder, cfg)
-            entries[role] = {"file": f"{role}.onnx", "precision": "fp32"}
-        if cfg.export.int8:
-            fp32 = opened[f"{kind}_decoder"]
-            int8, method = quantize(fp32, folder / f"{kind}_decoder.int8.onnx")
-            opened[f"{kind}_decoder_int8"] = int8
-            # the latents a deployment would decode: the exported encoder's, plus prior draws
-            z_ort = _latent_inputs(opened[f"{kind}_encoder"].run(images)[0], cfg.train.seed)
-            drift = measure_drift(fp32, int8, z_ort)
-            entries[f"{kind}_decoder_int8"] = {
-                "file": int8.path.name,
-                "precision": "int8",
-                "quantization": method,
-                "drift_vs_fp32": {
-                    **drift,
-                    "test_digits": len(images),
-                    "prior_draws": PRIOR_SAMPLES,
-                    "seed": cfg.train.seed,
-                },
-            }
-            print(
-                f"export: {kind}_decoder int8: {int8.path.stat().st_size:,} bytes "
-                f"(fp32 {fp32.path.stat().st_size:,}), pixel drift max {drift['max_abs']:.4f} "
-                f"mean {drift['mean_abs']:.5f} (one at a time: max "
-                f"{drift['max_abs_one_at_a_time']:.4f})"
-            )
-    # the denoiser, checked on the noisy digits it is made for
-    sigma = json.loads(paths.summary_file(DENOISER).read_text())["noise_sigma"]
-    noisy = add_noise(images, sigma, seed=cfg.train.seed)
-    opened[DENOISER], parity[DENOISER] = export_checked(
-        load_denoiser(paths), DENOISER, noisy, folder, cfg
+        kind_entries, kind_opened, kind_parity = export_autoencoder(
+            kind, models, images, folder, cfg
+        )
+        entries.update(kind_entries)
+        opened.update(kind_opened)
+        parity.update(kind_parity)
+    entries[DENOISER], opened[DENOISER], parity[DENOISER] = export_denoiser(
+        paths, images, folder, cfg
     )
-    entries[DENOISER] = {
-        "file": f"{DENOISER}.onnx",
-        "precision": "fp32",
-        "trained_on": {"noise": "clip(x + N(0, sigma^2), 0, 1) per pixel", "sigma": sigma},
-    }
     test_latents = write_test_latents(folder, test_images, test_labels, opened)
     for key, entry in entries.items():
         entry.update(opened[key].io_spec())
         entry["opset"] = opened[key].opset
-
-    keras_dir = folder / "keras"
-    keras_dir.mkdir()
-    for kind in (*KINDS, DENOISER):
-        for path in paths.keras_files(kind):
-            shutil.copyfile(path, keras_dir / f"{kind}_{path.name}")
+    copy_keras_models(paths, folder)
     files = {
         p.relative_to(folder).as_posix(): _file_entry(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-    latent_dim = int(models["vae_decoder"].inputs[0].shape[-1])
+    e = cfg.export
     return {
         "format_version": FORMAT_VERSION,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "latent_dim": latent_dim,
+        "latent_dim": int(models["vae_decoder"].inputs[0].shape[-1]),
         "input": {
             "shape": [28, 28],
             "layouts": ["(n, 28, 28)", "(n, 784)", "(n, 28, 28, 1)"],
@@ -195,7 +225,12 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         },
         "models": entries,
         "files": files,
-        "parity": {"samples": len(images), "atol": atol, "rtol": rtol, "models": parity},
+        "parity": {
+            "samples": len(images),
+            "atol": e.parity_atol,
+            "rtol": e.parity_rtol,
+            "models": parity,
+        },
         "anomaly": {
             "fpr": cfg.evaluate.anomaly_fpr,
             "calibrated_on": "validation split, fp32 Keras models (evaluate stage)",
