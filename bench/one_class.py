@@ -4,7 +4,7 @@ Classification"), with the published Deep SVDD and OCGAN rows beside ours.
     python bench/one_class.py --data /tmp/exp/data/mnist.npz --quiet   # 3 seeds, latent 8/16/32
     python bench/one_class.py --render bench/one_class.json --plot bench/one_class.png
 
-For each digit d: train the pipeline's AE and VAE (``pipeline.train.fit_model``) on the class-d
+For each digit d: train the pipeline's AE and VAE (``pipeline.fitting.fit_model``) on the class-d
 images of the train split only, early-stopping on the class-d images of the validation split;
 score all 10,000 test digits; AUROC with d normal and the other nine digits anomalous
 (``export.metrics.roc_auc``). Pixels are in [0, 1] (``pipeline.data.load_split``); no other
@@ -59,11 +59,11 @@ from export.scoring import (  # noqa: E402
 )
 from pipeline.config import Config, load_config, validate  # noqa: E402
 from pipeline.data import load_split  # noqa: E402
+from pipeline.likelihood import vae_likelihood  # noqa: E402
 
 DIGITS = tuple(range(10))
 DEFAULT_JSON = REPO / "bench" / "one_class.json"
 PREDICT_BATCH = 2048
-IS_ROWS = 16_384  # latent samples decoded per call in importance_sampled_nll (~50 MB of pixels)
 
 # AUROC in percent, digits 0..9, as published.
 PUBLISHED: dict[str, tuple[float, ...]] = {
@@ -92,7 +92,8 @@ SCORES: dict[str, str] = {
     "ae_mse": "AE reconstruction mean squared error (export.scoring.reconstruction_mse)",
     "ae_bce": "AE Bernoulli NLL of the image under its reconstruction, nats",
     "vae_neg_elbo": "VAE negative ELBO at z = z_mean (export.scoring.negative_elbo), nats",
-    "vae_is_nll": "VAE importance-sampled -log p(x) with K posterior samples, nats",
+    "vae_is_nll": "VAE importance-sampled -log p(x) with K posterior samples "
+    "(pipeline.likelihood.vae_likelihood), nats",
     "vae_recon": "VAE Bernoulli NLL at z = z_mean alone (the ELBO's reconstruction term)",
     "vae_mse": "VAE reconstruction mean squared error at z = z_mean",
     "vae_kl": "VAE KL(q(z|x) || N(0, I)) alone (the ELBO's latent term)",
@@ -146,40 +147,6 @@ def anomaly_targets(labels: np.ndarray, digit: int) -> np.ndarray:
     return np.asarray(labels) != digit
 
 
-def importance_sampled_nll(
-    decoder: Any,
-    images: np.ndarray,
-    z_mean: np.ndarray,
-    z_log_var: np.ndarray,
-    samples: int,
-    seed: int,
-) -> np.ndarray:
-    """-log p(x) ~= -log mean_k p(x | z_k) p(z_k) / q(z_k | x), z_k ~ q(z | x) = N(z_mean, exp(z_log_var)).
-
-    images (n, 28, 28) in [0, 1]; z_mean, z_log_var (n, d) -> (n,) float64 nats. The Bernoulli
-    likelihood is ``export.scoring.bernoulli_nll``, the one the other scores use. Unlike the
-    negative ELBO it tightens towards -log p(x) as ``samples`` grows.
-    """
-    rng = np.random.default_rng(seed)
-    mu = np.asarray(z_mean, np.float64)
-    log_var = np.asarray(z_log_var, np.float64)
-    eps = rng.standard_normal((samples, *mu.shape))  # (K, n, d)
-    z = mu + np.exp(0.5 * log_var) * eps
-    # log N(z; 0, I) - log N(z; mu, sigma^2); the 2*pi terms cancel
-    log_w = -0.5 * np.sum(z**2, axis=2) + 0.5 * np.sum(eps**2 + log_var, axis=2)  # (K, n)
-    chunk = max(1, IS_ROWS // samples)  # images per decoder call, K samples each
-    for start in range(0, len(images), chunk):
-        part = slice(start, start + chunk)
-        n = len(images[part])
-        flat_z = z[:, part].reshape(samples * n, -1).astype(np.float32)
-        pixels = decoder.predict(flat_z, batch_size=PREDICT_BATCH, verbose=0)
-        repeated = np.broadcast_to(images[part], (samples, *images[part].shape))
-        nll = bernoulli_nll(repeated.reshape(samples * n, *images.shape[1:]), pixels)
-        log_w[:, part] -= nll.reshape(samples, n)
-    top = log_w.max(axis=0)  # log-mean-exp, shifted so the largest weight is exp(0)
-    return -(top + np.log(np.mean(np.exp(log_w - top), axis=0)))
-
-
 def score_images(
     ae: Any, vae: Any, images: np.ndarray, nll_samples: int, seed: int
 ) -> dict[str, np.ndarray]:
@@ -195,7 +162,9 @@ def score_images(
         "ae_mse": ae_mse,
         "ae_bce": bernoulli_nll(images, ae_pixels),
         "vae_neg_elbo": negative_elbo(images, vae_pixels, z_mean, z_log_var),
-        "vae_is_nll": importance_sampled_nll(decoder, images, z_mean, z_log_var, nll_samples, seed),
+        "vae_is_nll": vae_likelihood(
+            decoder, images, z_mean, z_log_var, k=nll_samples, seed=seed, progress=False
+        )["nll_is"],
         "vae_recon": bernoulli_nll(images, vae_pixels),
         "vae_mse": vae_mse,
         "vae_kl": gaussian_kl(z_mean, z_log_var),
@@ -235,11 +204,11 @@ def select_latent_dim(
     """Fit the VAE at each latent size on the normal images; keep the one with the best ELBO.
 
     train_images, val_images: (n, 28, 28), the normal class only: the choice sees no anomaly and
-    no test image. fit: ``pipeline.train.fit_model`` unless given.
+    no test image. fit: ``pipeline.fitting.fit_model`` unless given.
     Returns (chosen size, {size: best validation negative ELBO}, the chosen VAE's fit).
     """
     if fit is None:
-        from pipeline.train import fit_model as fit
+        from pipeline.fitting import fit_model as fit
     val_losses: dict[int, float] = {}
     kept: dict[int, tuple[Any, dict[str, list[float]], float]] = {}
     for dim in sorted(latent_dims):
@@ -262,7 +231,7 @@ def run_digit(
 ) -> dict[str, Any]:
     """Choose the latent size among ``latent_dims`` on normal data, train AE and VAE at that size
     on class ``digit``, then score the whole test split; AUROC per score."""
-    from pipeline.train import fit_model
+    from pipeline.fitting import fit_model
 
     train = one_class_split(*splits["train"], digit, train_limit)
     val = one_class_split(*splits["validation"], digit)

@@ -7,7 +7,7 @@ makes at the default ``train.checkpoint_seconds``).
 
 A few epochs of each (not the full training): the default config with ``train.epochs`` set to
 ``--epochs`` on the ingest stage's ``data/mnist.npz`` (55,000 train / 5,000 validation
-images), through ``pipeline.train.fit_model`` exactly as the train stages call it. An epoch
+images), through ``pipeline.fitting.fit_model`` exactly as the train stages call it. An epoch
 includes its validation pass. The first epoch also traces (and with XLA compiles) the step, so
 it is left out: the per-epoch figure is the median of the others.
 
@@ -80,7 +80,7 @@ def main() -> None:
     from pipeline.checkpoint import CheckpointStore
     from pipeline.config import load_config
     from pipeline.data import load_split
-    from pipeline.train import fit_model
+    from pipeline.fitting import fit_model
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self) -> None:

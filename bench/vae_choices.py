@@ -8,7 +8,7 @@ on the validation split, with the test split measured beside it (never used to c
     .venv/bin/python bench/vae_choices.py ... --candidate "default@1235=train.seed=1235"
 
 Each candidate is a name and ``section.key=value`` overrides of ``configs/default.toml``; it is
-trained by ``pipeline.train.fit_model`` (as the train_vae stage does, without the checkpoint)
+trained by ``pipeline.fitting.fit_model`` (as the train_vae stage does, without the checkpoint)
 on the run's ``data/mnist.npz``. After training, the negative ELBO (K importance samples of
 q(z|x), ``pipeline.likelihood``) is measured on the 5,000 validation and the 10,000 test digits
 with the best-validation weights. One JSON line per candidate is appended to ``--jsonl`` as soon
@@ -53,7 +53,7 @@ def negative_elbo(model: Any, images: Any, seed: int) -> float:
 def run_candidate(name: str, overrides: list[str], run: Path, config: Path) -> dict[str, Any]:
     from pipeline.config import load_config
     from pipeline.data import load_split
-    from pipeline.train import fit_model
+    from pipeline.fitting import fit_model
 
     cfg = load_config(config, ["train.verbose=quiet", *overrides])
     dataset = run / "data" / "mnist.npz"

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from export.files import atomic_path, sha256_file, sha256_json, write_json_atomic
-from pipeline.common import Paths
+from export.files import sha256_file, sha256_json, write_json_atomic
+from pipeline.common import PREDICT_BATCH, Paths
 from pipeline.config import Config
 from pipeline.data import load_split
+from pipeline.fitting import save_keras_atomic
 
 ARCHITECTURE = "shift2-conv32bn-pool-conv64bn-pool-dense128bn-drop0.5-softmax/v3"  # change: retrain
 FEATURE_LAYER = "features"
@@ -151,10 +152,9 @@ def train_or_reuse(cfg: Config, paths: Paths, verbose: int = 2) -> tuple[Any, di
     print(f"evaluate: training the digit classifier ({cfg.evaluate.classifier_epochs} epochs)")
     model, seconds = train_classifier(cfg, paths, verbose)
     test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
-    probs = model.predict(test_images, batch_size=1024, verbose=0)
+    probs = model.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
     test_acc = float(np.mean(probs.argmax(axis=1) == test_labels))
-    with atomic_path(model_file) as tmp:
-        model.save(tmp)
+    save_keras_atomic(model, model_file)
     record = {
         "fingerprint": print_,
         "sha256": sha256_file(model_file),

@@ -1,17 +1,39 @@
-"""Helpers every stage shares: the artifact layout, atomic writes and file fingerprints.
+"""What the stages share: the artifact layout, the ``Stage`` record, loading the trained models.
 
-paths = Paths(Path("artifacts"))
-write_json_atomic(paths.run_json, {"ok": True})
+    paths = Paths(Path("artifacts"))
+    paths.keras_files("vae")     # [vae/model.keras, vae/encoder.keras, vae/decoder.keras]
+    models = load_models(paths)  # {"ae_encoder": ..., "vae_decoder": ...}, safe mode
+
+Each stage module (``ingest``, ``train``, ``denoiser``, ``evaluate``, ``bundler``) declares its
+``Stage`` beside its ``run``; ``pipeline.runner`` runs them in order. Checksums and atomic
+writes are ``export.files``'.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from export.files import TEMPORARY_GLOB
+from pipeline.config import Config
+
+# The Keras files a training stage writes under its model's folder (``<part>.keras``): the AE and
+# VAE the whole model and its two halves, the denoiser the model alone. Beside them each writes
+# HISTORY_FILE and SUMMARY_FILE (all of them: ``Paths.model_files``).
+KERAS_PARTS = {
+    "ae": ("model", "encoder", "decoder"),
+    "vae": ("model", "encoder", "decoder"),
+    "denoiser": ("model",),
+}
+HISTORY_FILE = "history.csv"  # one row per epoch
+SUMMARY_FILE = "summary.json"
+PREDICT_BATCH = 1024  # images per Keras predict batch when a stage runs a trained model
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,26 @@ class Paths:
         """``kind``: "ae", "vae" or "denoiser"."""
         return self.out / kind
 
+    def keras_file(self, kind: str, part: str = "model") -> Path:
+        """``kind``'s ``<part>.keras``, ``part`` one of ``KERAS_PARTS[kind]``."""
+        if part not in KERAS_PARTS[kind]:
+            raise ValueError(f"{kind} has no {part}.keras; expected one of {KERAS_PARTS[kind]}")
+        return self.model_dir(kind) / f"{part}.keras"
+
+    def keras_files(self, kind: str) -> list[Path]:
+        """Every ``.keras`` file of ``kind``, in ``KERAS_PARTS`` order."""
+        return [self.keras_file(kind, part) for part in KERAS_PARTS[kind]]
+
+    def history_file(self, kind: str) -> Path:
+        return self.model_dir(kind) / HISTORY_FILE
+
+    def summary_file(self, kind: str) -> Path:
+        return self.model_dir(kind) / SUMMARY_FILE
+
+    def model_files(self, kind: str) -> list[Path]:
+        """What the stage that trains ``kind`` writes: its Keras files, history and summary."""
+        return [*self.keras_files(kind), self.history_file(kind), self.summary_file(kind)]
+
     @property
     def eval_dir(self) -> Path:
         return self.out / "eval"
@@ -63,6 +105,40 @@ class Paths:
     @property
     def config_toml(self) -> Path:
         return self.out / "config.toml"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, as ``pipeline.runner`` runs and fingerprints it."""
+
+    name: str  # as in ``--stages`` and ``stages/<name>.json``
+    run: Callable[[Config, Paths], Any]  # returns the stage's summary
+    sections: tuple[str, ...]  # config sections whose values the stage depends on
+    inputs: Callable[[Paths], list[Path]]  # files whose content the stage depends on
+    outputs: Callable[[Paths], list[Path]]  # every file it writes, checked before a skip
+
+
+def load_models(paths: Paths) -> dict[str, Any]:
+    """The four sub-models, loaded in safe mode: ae_encoder, ae_decoder, vae_encoder, vae_decoder."""
+    from models import load_model
+
+    return {
+        f"{kind}_{part}": load_model(paths.keras_file(kind, part))
+        for kind in ("ae", "vae")
+        for part in ("encoder", "decoder")
+    }
+
+
+def load_denoiser(paths: Paths) -> Any:
+    """The denoising autoencoder, images (n, 28, 28) -> pixels (n, 28, 28), in safe mode."""
+    from models import load_model
+
+    return load_model(paths.keras_file("denoiser"))
+
+
+def denoise(model: Any, images: np.ndarray) -> np.ndarray:
+    """The denoiser's output for ``images`` (n, 28, 28) in [0, 1]: (n, 28, 28) float32."""
+    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
 
 
 # the temporaries of export.files (files and folders) and the folders a stage builds or retires beside its real output (``.export.tmp.*``,

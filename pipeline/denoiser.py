@@ -6,12 +6,12 @@ The 2-D AE and VAE are shaped to draw their latent plane, not to denoise: throug
 noisy digit often comes back as another digit. This stage trains a separate MLP autoencoder
 (``[denoiser]``: a wider latent) on the train split, each batch with fresh clipped Gaussian
 noise on its inputs and the clean digits as targets, and early-stops on the validation split
-under one fixed draw of the same noise. It is fitted by ``pipeline.train.fit_model`` with the
+under one fixed draw of the same noise. It is fitted by ``pipeline.fitting.fit_model`` with the
 ``[train]`` settings but ``denoiser.epochs``, so it checkpoints every epoch and resumes like
 the AE and VAE; the noise of a batch depends only on the seed and the batch's index.
 
 Writes under ``denoiser/``: ``model.keras`` (images (n, 28, 28) -> pixels (n, 28, 28)),
-``history.csv`` and ``summary.json``. ``denoise_metrics`` is what the evaluate stage reports.
+``history.csv`` and ``summary.json``. The evaluate stage measures it (``measures.denoise_metrics``).
 """
 
 from __future__ import annotations
@@ -24,25 +24,29 @@ import numpy as np
 
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore
-from pipeline.common import Paths
+from pipeline.common import Paths, Stage, denoise
 from pipeline.config import Config
 from pipeline.data import load_split
-from pipeline.measures import add_noise, psnr
-from pipeline.train import (
+from pipeline.fitting import (
     CHECKPOINT_DIR,
     checkpoint_key,
     fit_model,
     history_csv,
     save_keras_atomic,
 )
+from pipeline.measures import add_noise, psnr
 
-KIND = "denoiser"  # the model kind for pipeline.train and the folder under --out
-FILES = ("model.keras", "history.csv", "summary.json")
-PREDICT_BATCH = 1024
+KIND = "denoiser"  # the model kind for pipeline.fitting and the folder under --out
+
+
+def denoiser_inputs(paths: Paths) -> list[Path]:
+    """The files the stage reads: the dataset."""
+    return [paths.dataset]
 
 
 def denoiser_outputs(paths: Paths) -> list[Path]:
-    return [paths.model_dir(KIND) / name for name in FILES]
+    """``model.keras``, ``history.csv`` and ``summary.json`` under ``denoiser/``."""
+    return paths.model_files(KIND)
 
 
 def fit_config(cfg: Config) -> Config:
@@ -50,39 +54,6 @@ def fit_config(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, epochs=cfg.denoiser.epochs)
     )
-
-
-def denoise(model: Any, images: np.ndarray) -> np.ndarray:
-    """The denoiser's output for ``images`` (n, 28, 28) in [0, 1]: (n, 28, 28) float32."""
-    return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-
-
-def denoise_metrics(
-    clean: np.ndarray,
-    noisy: np.ndarray,
-    denoised: np.ndarray,
-    clean_probs: np.ndarray,
-    classifier: Any,
-) -> dict[str, float]:
-    """The ``denoise.*`` metrics: PSNR gain and how often the classifier still sees the digit.
-
-    clean, noisy, denoised: (n, 28, 28) float32 in [0, 1]; clean_probs: (n, 10) the
-    classifier's probabilities on ``clean``. A digit is kept when the classifier's label of the
-    denoised image equals its label of the clean one (not the dataset label: a clean digit the
-    classifier gets wrong should not count against the denoiser).
-    """
-    clean_label = np.asarray(clean_probs).argmax(axis=1)
-
-    def kept(images: np.ndarray) -> float:
-        probs = classifier.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-        return float(np.mean(probs.argmax(axis=1) == clean_label))
-
-    gain = psnr(clean, denoised) - psnr(clean, noisy)
-    return {
-        "denoise.psnr_gain_db": float(gain.mean()),
-        "denoise.class_kept": kept(denoised),
-        "denoise.noisy_class_kept": kept(noisy),
-    }
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
@@ -116,8 +87,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         val_inputs=val_noisy,
     )
 
-    save_keras_atomic(model, out / "model.keras")
-    write_text_atomic(out / "history.csv", history_csv(history, None))
+    save_keras_atomic(model, paths.keras_file(KIND))
+    write_text_atomic(paths.history_file(KIND), history_csv(history, None))
     noisy_psnr = psnr(val_images, val_noisy)
     val_gain = psnr(val_images, denoise(model, val_noisy)) - noisy_psnr
     best = int(np.argmin(history["val_loss"]))
@@ -139,7 +110,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         "val_noisy_psnr_db": float(noisy_psnr.mean()),
         "val_psnr_gain_db": float(val_gain.mean()),
     }
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(paths.summary_file(KIND), summary)
     print(
         f"train_{KIND}: best val_loss {summary['best_val_loss']:.2f} nats at epoch "
         f"{summary['best_epoch']}/{summary['epochs_run']}, validation PSNR gain "
@@ -148,3 +119,12 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     )
     CheckpointStore(checkpoint_dir, "").clear()
     return summary
+
+
+STAGE = Stage(
+    name="train_denoiser",
+    run=run,
+    sections=("data", "train", "denoiser"),
+    inputs=denoiser_inputs,
+    outputs=denoiser_outputs,
+)

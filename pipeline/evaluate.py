@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,20 @@ from export.scoring import (
     negative_elbo,
     reconstruction_mse,
 )
-from pipeline import denoiser, figures, measures, report
+from pipeline import figures, measures, report
 from pipeline.classifier import classifier_paths, feature_model, train_or_reuse
-from pipeline.common import Paths, library_versions
+from pipeline.common import (
+    PREDICT_BATCH,
+    Paths,
+    Stage,
+    denoise,
+    library_versions,
+    load_denoiser,
+    load_models,
+)
 from pipeline.config import Config, config_to_toml
 from pipeline.data import load_split
+from pipeline.fitting import keras_verbosity
 from pipeline.likelihood import bernoulli_entropy, vae_likelihood
 
 AE_BOX_PERCENTILES = (1.0, 99.0)  # ae_grid.png spans this percentile box of the test latents
@@ -41,7 +52,6 @@ VAE_GRID_QUANTILES = (0.05, 0.95)  # the VAE grid spans these quantiles of the N
 # 1st-99th percentile box of each model's own train latents; the VAE's also over its prior box.
 MEASURE_BOX_PERCENTILES = (1.0, 99.0)
 GAP_PERCENTILE = 99.0  # a grid cell is empty when farther than this pct of test-to-train NN
-PREDICT_BATCH = 1024
 FIGURES = (
     "digits",
     "latent_scatter",
@@ -52,28 +62,6 @@ FIGURES = (
     "anomalies",
     "training_curves",
 )
-
-
-def load_models(paths: Paths) -> dict[str, Any]:
-    """The four sub-models, loaded in safe mode: ae_encoder, ae_decoder, vae_encoder, vae_decoder."""
-    from models import load_model
-
-    return {
-        f"{kind}_{part}": load_model(paths.model_dir(kind) / f"{part}.keras")
-        for kind in ("ae", "vae")
-        for part in ("encoder", "decoder")
-    }
-
-
-def denoiser_path(paths: Paths) -> Path:
-    return paths.model_dir(denoiser.KIND) / "model.keras"
-
-
-def load_denoiser(paths: Paths) -> Any:
-    """The denoising autoencoder, images (n, 28, 28) -> pixels (n, 28, 28), in safe mode."""
-    from models import load_model
-
-    return load_model(denoiser_path(paths))
 
 
 def encode_decode(models: dict[str, Any], kind: str, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -94,27 +82,11 @@ def anomaly_scores(images: np.ndarray, out: dict[str, np.ndarray], kind: str) ->
     return negative_elbo(images, out["pixels"], out["z"], out["z_log_var"])
 
 
-def standard_normal_quantile(p: float) -> float:
-    """Phi^{-1}(p) by bisection on erf (no SciPy needed); accurate to ~1e-12."""
-    from math import erf, sqrt
-
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + erf(mid / sqrt(2))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def prior_box(latent_dim: int) -> tuple[list[float], list[float]]:
     """(low, high): the ``VAE_GRID_QUANTILES`` of N(0, 1) on every latent axis."""
     low_q, high_q = VAE_GRID_QUANTILES
-    return (
-        [standard_normal_quantile(low_q)] * latent_dim,
-        [standard_normal_quantile(high_q)] * latent_dim,
-    )
+    normal = NormalDist()
+    return [normal.inv_cdf(low_q)] * latent_dim, [normal.inv_cdf(high_q)] * latent_dim
 
 
 def latent_boxes(ae_test_z: np.ndarray, latent_dim: int) -> dict[str, Any]:
@@ -188,25 +160,329 @@ def decode(models: dict[str, Any], kind: str, z: np.ndarray) -> np.ndarray:
     return models[f"{kind}_decoder"].predict(z, batch_size=PREDICT_BATCH * 8, verbose=0)
 
 
+def figure_grid(box: dict[str, Any], side: int) -> np.ndarray:
+    """The latents of a grid figure over one model's entry of ``latent_boxes``: (side^2, d).
+
+    The same points, in the same order, as the runtime's ``Bundle.grid_latents`` over the box
+    the manifest copies from ``latent_boxes.json``.
+    """
+    return lattice(box["low"], box["high"], side)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The dataset's images (n, 28, 28) float32 in [0, 1] and labels (n,), per split."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @classmethod
+    def load(cls, cfg: Config, paths: Paths) -> Splits:
+        train_images, train_labels = load_split(paths.dataset, "train", cfg.data)
+        val_images, _ = load_split(paths.dataset, "validation", cfg.data)
+        test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
+        return cls(train_images, train_labels, val_images, test_images, test_labels)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The digit classifier and what it says of the test digits."""
+
+    model: Any  # images (n, 28, 28) -> probabilities (n, 10)
+    features: Any  # images (n, 28, 28) -> its feature layer (n, 128)
+    record: dict[str, Any]  # classifier.json: epochs, seconds, reused
+    test_probs: np.ndarray  # (n_test, 10)
+    test_features: np.ndarray  # (n_test, 128)
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, 10) of ``images`` (n, 28, 28)."""
+        return self.model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+
+
+@dataclass(frozen=True)
+class LatentGaps:
+    """The grid measure's regions, its empty cells and radii, and its metrics."""
+
+    regions: dict[str, tuple[str, list[float], list[float]]]  # see ``measure_regions``
+    empty: dict[str, np.ndarray]  # per region: (confident_grid_size^2,) bool, lattice order
+    radius: dict[str, float]  # per model: r99, the coverage radius of its test latents
+    metrics: dict[str, float]  # *.latent_empty_frac[_prior]
+
+
+def reconstructions(
+    models: dict[str, Any], data: Splits, fpr: float
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], dict[str, float]]:
+    """Each model's test reconstructions and anomaly scores, thresholds calibrated on validation.
+
+    Returns ({kind: ``encode_decode`` of the test digits: "z" (n, d), "pixels" (n, 28, 28),
+    VAE also "z_log_var" (n, d)}, {kind: test anomaly scores (n,)}, the *.recon_mse,
+    *.anomaly_threshold and *.test_fpr metrics).
+    """
+    test_out, test_scores, metrics = {}, {}, {}
+    for kind in ("ae", "vae"):
+        val_scores = anomaly_scores(
+            data.val_images, encode_decode(models, kind, data.val_images), kind
+        )
+        test_out[kind] = encode_decode(models, kind, data.test_images)
+        test_scores[kind] = anomaly_scores(data.test_images, test_out[kind], kind)
+        threshold = calibrate_threshold(val_scores, fpr)
+        metrics[f"{kind}.recon_mse"] = float(
+            reconstruction_mse(data.test_images, test_out[kind]["pixels"]).mean()
+        )
+        metrics[f"{kind}.anomaly_threshold"] = threshold
+        metrics[f"{kind}.test_fpr"] = false_positive_rate(test_scores[kind], threshold)
+    return test_out, test_scores, metrics
+
+
+def likelihood_metrics(
+    decoder: Any, images: np.ndarray, vae_out: dict[str, np.ndarray], k: int, seed: int
+) -> dict[str, float]:
+    """The VAE's test ELBO, KL and importance-sampled NLL (K = ``k``), means in nats per image.
+
+    images (n, 28, 28); vae_out: the VAE's ``encode_decode`` of them ("z" = z_mean, "z_log_var",
+    each (n, d)). Also the Bernoulli entropy floor of the images.
+    """
+    lik = vae_likelihood(decoder, images, vae_out["z"], vae_out["z_log_var"], k=k, seed=seed)
+    return {
+        "vae.elbo_nats": float(lik["elbo"].mean()),
+        "vae.kl_nats": float(lik["kl"].mean()),
+        "vae.nll_is_nats": float(lik["nll_is"].mean()),
+        "vae.nll_is_k": float(k),
+        # what a perfect decoder (p = x) would score: the NLL cannot fall below it on grey levels
+        "reference.bernoulli_entropy_floor_nats": float(bernoulli_entropy(images).mean()),
+    }
+
+
+def train_latents(models: dict[str, Any], images: np.ndarray) -> dict[str, np.ndarray]:
+    """{kind: latents (n, d) of the train ``images`` (n, 28, 28)}; the VAE's are z_mean.
+
+    The reference of the k-NN, of the gap measure and of the AE's sampler.
+    """
+    train_z = {}
+    for kind in ("ae", "vae"):
+        encoded = models[f"{kind}_encoder"].predict(images, batch_size=PREDICT_BATCH, verbose=0)
+        train_z[kind] = encoded[0] if kind == "vae" else encoded
+    return train_z
+
+
+def knn_metrics(
+    train_z: dict[str, np.ndarray],
+    test_z: dict[str, np.ndarray],
+    data: Splits,
+    k: int,
+) -> dict[str, float]:
+    """*.latent_knn_acc: a k-NN on the train latents (n_train, d) labels the test latents."""
+    return {
+        f"{kind}.latent_knn_acc": measures.knn_accuracy(
+            train_z[kind], data.train_labels, test_z[kind], data.test_labels, k=k
+        )
+        for kind in ("ae", "vae")
+    }
+
+
+def latent_gaps(
+    train_z: dict[str, np.ndarray], test_z: dict[str, np.ndarray], latent_dim: int, side: int
+) -> LatentGaps:
+    """Grid cells farther from every train latent than 99% of the test digits land.
+
+    train_z, test_z: {kind: (n, d)}; side: the measure grid's side (``confident_grid_size``).
+    """
+    radius = {
+        kind: measures.coverage_radius(test_z[kind], train_z[kind], GAP_PERCENTILE)
+        for kind in ("ae", "vae")
+    }
+    regions = measure_regions(train_z, latent_dim)
+    empty, metrics = {}, {}
+    for region, (kind, low, high) in regions.items():
+        empty[region] = measures.empty_cells(train_z[kind], radius[kind], low, high, side)
+        metrics[metric_key(region, "latent_empty_frac")] = float(empty[region].mean())
+    return LatentGaps(regions, empty, radius, metrics)
+
+
+def digit_classifier(cfg: Config, paths: Paths, test_images: np.ndarray) -> Judge:
+    """The classifier, trained on the train split or reused, and its view of ``test_images``."""
+    model, record = train_or_reuse(cfg, paths, verbose=keras_verbosity(cfg.train.verbose))
+    features = feature_model(model)
+    return Judge(
+        model=model,
+        features=features,
+        record=record,
+        test_probs=model.predict(test_images, batch_size=PREDICT_BATCH, verbose=0),
+        test_features=features.predict(test_images, batch_size=PREDICT_BATCH, verbose=0),
+    )
+
+
+def classifier_metrics(judge: Judge, test_labels: np.ndarray) -> dict[str, float]:
+    """classifier.test_acc on the test labels (n,) and its dead feature units."""
+    return {
+        "classifier.test_acc": float(np.mean(judge.test_probs.argmax(axis=1) == test_labels)),
+        "classifier.dead_units": float(measures.dead_units(judge.test_features)),
+    }
+
+
+def decoded_grids(
+    models: dict[str, Any],
+    judge: Judge,
+    boxes: dict[str, Any],
+    regions: dict[str, tuple[str, list[float], list[float]]],
+    grid_size: int,
+    confident_grid_size: int,
+    confident_prob: float,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The figure's grid and every measure grid of a model, decoded in one decoder call.
+
+    Returns ({kind: the grid figure's pixels (grid_size^2, 28, 28) over ``boxes[kind]``},
+    the *.grid_confident_frac[_prior] metrics over ``regions``).
+    """
+    grid_pixels, metrics = {}, {}
+    n_cells = confident_grid_size**2
+    for kind in ("ae", "vae"):
+        own = [region for region, (owner, _, _) in regions.items() if owner == kind]
+        grids = [figure_grid(boxes[kind], grid_size)]
+        grids += [lattice(*regions[r][1:], confident_grid_size) for r in own]
+        pixels = decode(models, kind, np.concatenate(grids))
+        grid_pixels[kind] = pixels[: len(grids[0])]
+        probs = judge.probs(pixels[len(grids[0]) :])
+        for i, region in enumerate(own):
+            metrics[metric_key(region, "grid_confident_frac")] = measures.confident_fraction(
+                probs[i * n_cells : (i + 1) * n_cells], confident_prob
+            )
+    return grid_pixels, metrics
+
+
+def fid_metrics(
+    models: dict[str, Any],
+    judge: Judge,
+    data: Splits,
+    test_out: dict[str, dict[str, np.ndarray]],
+    train_z: dict[str, np.ndarray],
+    n_fid: int,
+    seed: int,
+) -> dict[str, float]:
+    """FID in the classifier's feature space, every set of ``n_fid`` images against the same
+    first ``n_fid`` test digits: the Frechet distance of finite samples is biased up, the more
+    so the fewer they are.
+
+    *.sample_fid: VAE samples of z ~ N(0, I), AE samples of a Gaussian fitted to its train
+    latents (n_train, d); *.recon_fid: reconstructions; reference.fid_train_test: real digits.
+    """
+    reference = judge.test_features[:n_fid]
+
+    def fid_to_test(images: np.ndarray) -> float:
+        feats = judge.features.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+        return measures.frechet_distance(feats, reference)
+
+    rng = np.random.default_rng(seed)
+    prior_z = rng.standard_normal((n_fid, train_z["vae"].shape[1]), dtype=np.float32)
+    # the AE has no prior: a user samples a Gaussian fitted to its train latents
+    ae_z = measures.sample_fitted_gaussian(train_z["ae"], n_fid, seed=seed + 2)
+    metrics = {}
+    for kind, z in (("ae", ae_z), ("vae", prior_z)):
+        metrics[f"{kind}.sample_fid"] = fid_to_test(decode(models, kind, z))
+        metrics[f"{kind}.recon_fid"] = fid_to_test(test_out[kind]["pixels"][:n_fid])
+    picked = np.random.default_rng(seed + 3).choice(len(data.train_images), n_fid, replace=False)
+    metrics["reference.fid_train_test"] = fid_to_test(data.train_images[np.sort(picked)])
+    return metrics
+
+
+def noise_auroc(clean_scores: np.ndarray, noisy_scores: np.ndarray) -> float:
+    """AUROC of anomaly scores (n,) telling noisy digits (positive) from clean ones."""
+    is_noisy = np.concatenate([np.zeros(len(clean_scores), bool), np.ones(len(noisy_scores), bool)])
+    return roc_auc(np.concatenate([clean_scores, noisy_scores]), is_noisy)
+
+
+def denoising(
+    models: dict[str, Any],
+    denoiser: Any,
+    judge: Judge,
+    test_images: np.ndarray,
+    test_scores: dict[str, np.ndarray],
+    sigma: float,
+    seed: int,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """Each model on the test digits (n, 28, 28) under clipped noise of ``sigma``.
+
+    Returns (the noisy digits (n, 28, 28), {"ae", "vae", "denoiser": outputs (n, 28, 28)},
+    the *.denoise_psnr_gain_db, *.noise_auroc and denoise.* metrics).
+    """
+    noisy = measures.add_noise(test_images, sigma, seed=seed)
+    noisy_psnr = measures.psnr(test_images, noisy)
+    denoised, metrics = {}, {}
+    for kind in ("ae", "vae"):
+        noisy_out = encode_decode(models, kind, noisy)
+        denoised[kind] = noisy_out["pixels"]
+        gain = measures.psnr(test_images, noisy_out["pixels"]) - noisy_psnr
+        metrics[f"{kind}.denoise_psnr_gain_db"] = float(gain.mean())
+        metrics[f"{kind}.noise_auroc"] = noise_auroc(
+            test_scores[kind], anomaly_scores(noisy, noisy_out, kind)
+        )
+    # the denoising autoencoder: closer to the clean digit, and still the same digit?
+    denoised["denoiser"] = denoise(denoiser, noisy)
+    metrics.update(
+        measures.denoise_metrics(
+            test_images,
+            noisy,
+            denoised["denoiser"],
+            judge.test_probs,
+            judge.probs(noisy),
+            judge.probs(denoised["denoiser"]),
+        )
+    )
+    return noisy, denoised, metrics
+
+
+def unclipped_noise_metrics(
+    models: dict[str, Any],
+    test_images: np.ndarray,
+    test_scores: dict[str, np.ndarray],
+    sigma: float,
+    seed: int,
+) -> dict[str, float]:
+    """*.noise_auroc_unclipped: the same noise draw as ``denoising`` left unclipped, zero-mean,
+    so a score cannot tell it by brightness alone."""
+    unclipped = measures.add_noise(test_images, sigma, seed=seed, clip=False)
+    return {
+        f"{kind}.noise_auroc_unclipped": noise_auroc(
+            test_scores[kind],
+            anomaly_scores(unclipped, encode_decode(models, kind, unclipped), kind),
+        )
+        for kind in ("ae", "vae")
+    }
+
+
+def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` in ``report.METRIC_DOCS`` order (others sorted after); raises if any is not
+    finite."""
+    order = [key for key in report.METRIC_DOCS if key in metrics]
+    metrics = {key: metrics[key] for key in order + sorted(set(metrics) - set(order))}
+    bad = [key for key, value in metrics.items() if not np.isfinite(value)]
+    if bad:
+        raise ValueError(f"evaluate: non-finite metrics {bad}")
+    return metrics
+
+
 def _top_captions(scores: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
     top = np.argsort(scores, kind="stable")[::-1][:n]
     return top, [f"{scores[i]:.3g} / {labels[i]}" for i in top]
 
 
-def gap_panel(kind: str, test_z: np.ndarray, gaps: dict[str, Any]) -> figures.GapPanel:
+def gap_panel(kind: str, test_z: np.ndarray, gaps: LatentGaps) -> figures.GapPanel:
     """One side of ``latent_gaps.png``: the model's own-box measure, and the VAE's prior box."""
     name = {"ae": "AE latent z", "vae": "VAE latent z_mean"}[kind]
-    _, low, high = gaps["regions"][kind]
-    frac = gaps["metrics"][metric_key(kind, "latent_empty_frac")]
+    _, low, high = gaps.regions[kind]
+    frac = gaps.metrics[metric_key(kind, "latent_empty_frac")]
     outlines = []
     if kind == "vae":
-        _, prior_low, prior_high = gaps["regions"]["vae_prior"]
-        prior_frac = gaps["metrics"][metric_key("vae_prior", "latent_empty_frac")]
+        _, prior_low, prior_high = gaps.regions["vae_prior"]
+        prior_frac = gaps.metrics[metric_key("vae_prior", "latent_empty_frac")]
         outlines.append((f"prior 0.05-0.95 box: {prior_frac:.1%} empty", prior_low, prior_high))
     return figures.GapPanel(
-        title=f"{name}: {frac:.1%} of the grid empty (r99 = {gaps['radius'][kind]:.3g})",
+        title=f"{name}: {frac:.1%} of the grid empty (r99 = {gaps.radius[kind]:.3g})",
         z=test_z,
-        empty=gaps["empty"][kind],
+        empty=gaps.empty[kind],
         low=low,
         high=high,
         outlines=tuple(outlines),
@@ -216,22 +492,22 @@ def gap_panel(kind: str, test_z: np.ndarray, gaps: dict[str, Any]) -> figures.Ga
 def draw_figures(
     cfg: Config,
     paths: Paths,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
+    data: Splits,
     test_out: dict[str, dict[str, np.ndarray]],
     test_scores: dict[str, np.ndarray],
     boxes: dict[str, Any],
     grid_pixels: dict[str, np.ndarray],
     noisy: np.ndarray,
     denoised: dict[str, np.ndarray],
-    gaps: dict[str, Any],
+    gaps: LatentGaps,
 ) -> dict[str, Path]:
     """Write every figure of ``FIGURES`` under ``eval/``; returns {name: png path}.
 
-    gaps: {"regions", "empty", "radius", "metrics"} as the stage computed them in ``run``.
+    The arguments are what the steps of ``run`` returned.
     """
     ev = cfg.evaluate
     n = ev.figure_digits
+    test_images, test_labels = data.test_images, data.test_labels
     fig = {name: figure_path(paths, name) for name in FIGURES}
     figures.digits_figure(fig["digits"], test_images[: 2 * n], test_labels[: 2 * n], n)
     figures.latent_scatter_figure(
@@ -268,182 +544,88 @@ def draw_figures(
     )
     figures.training_curves_figure(
         fig["training_curves"],
-        read_history(paths.model_dir("ae") / "history.csv"),
-        read_history(paths.model_dir("vae") / "history.csv"),
+        read_history(paths.history_file("ae")),
+        read_history(paths.history_file("vae")),
     )
     return fig
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, float]:
     """Compute every metric, draw every figure, write metrics.json, latent_boxes.json, report."""
-    from pipeline.train import keras_verbosity
-
     ev = cfg.evaluate
     clock = _Clock()
     models = load_models(paths)
-    train_images, train_labels = load_split(paths.dataset, "train", cfg.data)
-    val_images, _ = load_split(paths.dataset, "validation", cfg.data)
-    test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
+    data = Splits.load(cfg, paths)
     paths.eval_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
 
-    # reconstructions, anomaly thresholds and false-positive rates
-    test_out, test_scores = {}, {}
-    for kind in ("ae", "vae"):
-        val_out = encode_decode(models, kind, val_images)
-        test_out[kind] = encode_decode(models, kind, test_images)
-        val_scores = anomaly_scores(val_images, val_out, kind)
-        test_scores[kind] = anomaly_scores(test_images, test_out[kind], kind)
-        threshold = calibrate_threshold(val_scores, ev.anomaly_fpr)
-        metrics[f"{kind}.recon_mse"] = float(
-            reconstruction_mse(test_images, test_out[kind]["pixels"]).mean()
-        )
-        metrics[f"{kind}.anomaly_threshold"] = threshold
-        metrics[f"{kind}.test_fpr"] = false_positive_rate(test_scores[kind], threshold)
+    test_out, test_scores, found = reconstructions(models, data, ev.anomaly_fpr)
+    metrics.update(found)
     clock.lap("reconstructions and anomaly thresholds")
 
-    # the VAE's likelihood: ELBO, KL and the importance-sampled NLL
-    lik = vae_likelihood(
-        models["vae_decoder"],
-        test_images,
-        test_out["vae"]["z"],
-        test_out["vae"]["z_log_var"],
-        k=ev.nll_samples,
-        seed=ev.seed,
+    metrics.update(
+        likelihood_metrics(
+            models["vae_decoder"], data.test_images, test_out["vae"], ev.nll_samples, ev.seed
+        )
     )
-    metrics["vae.elbo_nats"] = float(lik["elbo"].mean())
-    metrics["vae.kl_nats"] = float(lik["kl"].mean())
-    metrics["vae.nll_is_nats"] = float(lik["nll_is"].mean())
-    metrics["vae.nll_is_k"] = float(ev.nll_samples)
-    # what a perfect decoder (p = x) would score: the NLL cannot fall below it on grey levels
-    metrics["reference.bernoulli_entropy_floor_nats"] = float(bernoulli_entropy(test_images).mean())
     clock.lap(f"ELBO and importance-sampled NLL (K={ev.nll_samples})")
 
-    # train latents: the reference of the k-NN, of the gap measure and of the AE's sampler
-    train_z = {}
-    for kind in ("ae", "vae"):
-        encoded = models[f"{kind}_encoder"].predict(
-            train_images, batch_size=PREDICT_BATCH, verbose=0
-        )
-        train_z[kind] = encoded[0] if kind == "vae" else encoded
-        metrics[f"{kind}.latent_knn_acc"] = measures.knn_accuracy(
-            train_z[kind], train_labels, test_out[kind]["z"], test_labels, k=ev.knn_k
-        )
+    train_z = train_latents(models, data.train_images)
+    test_z = {kind: test_out[kind]["z"] for kind in ("ae", "vae")}
+    metrics.update(knn_metrics(train_z, test_z, data, ev.knn_k))
     clock.lap(f"{ev.knn_k}-NN latent accuracy")
 
-    # gaps: grid cells farther from every train latent than 99% of the test digits land
-    radius = {
-        kind: measures.coverage_radius(test_out[kind]["z"], train_z[kind], GAP_PERCENTILE)
-        for kind in ("ae", "vae")
-    }
-    regions = measure_regions(train_z, cfg.model.latent_dim)
-    empty = {}
-    for region, (kind, low, high) in regions.items():
-        empty[region] = measures.empty_cells(
-            train_z[kind], radius[kind], low, high, ev.confident_grid_size
-        )
-        metrics[metric_key(region, "latent_empty_frac")] = float(empty[region].mean())
+    gaps = latent_gaps(train_z, test_z, cfg.model.latent_dim, ev.confident_grid_size)
+    metrics.update(gaps.metrics)
     clock.lap("latent gaps")
 
-    classifier, record = train_or_reuse(cfg, paths, verbose=keras_verbosity(cfg.train.verbose))
-    test_probs = classifier.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
-    metrics["classifier.test_acc"] = float(np.mean(test_probs.argmax(axis=1) == test_labels))
-    features = feature_model(classifier)
-    test_features = features.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
-    metrics["classifier.dead_units"] = float(measures.dead_units(test_features))
-    clock.lap("digit classifier " + ("reused" if record["reused"] else "trained"))
+    judge = digit_classifier(cfg, paths, data.test_images)
+    metrics.update(classifier_metrics(judge, data.test_labels))
+    clock.lap("digit classifier " + ("reused" if judge.record["reused"] else "trained"))
 
-    # decoded grids: the figure's grid and every measure grid of a model in one decoder call
-    boxes = latent_boxes(test_out["ae"]["z"], cfg.model.latent_dim)
-    grid_pixels = {}
-    n_cells = ev.confident_grid_size**2
-    for kind in ("ae", "vae"):
-        own = [region for region, (owner, _, _) in regions.items() if owner == kind]
-        grids = [lattice(boxes[kind]["low"], boxes[kind]["high"], ev.grid_size)]
-        grids += [lattice(*regions[r][1:], ev.confident_grid_size) for r in own]
-        pixels = decode(models, kind, np.concatenate(grids))
-        grid_pixels[kind] = pixels[: len(grids[0])]
-        probs = classifier.predict(pixels[len(grids[0]) :], batch_size=PREDICT_BATCH, verbose=0)
-        for i, region in enumerate(own):
-            metrics[metric_key(region, "grid_confident_frac")] = measures.confident_fraction(
-                probs[i * n_cells : (i + 1) * n_cells], ev.confident_prob
-            )
+    boxes = latent_boxes(test_z["ae"], cfg.model.latent_dim)
+    grid_pixels, found = decoded_grids(
+        models,
+        judge,
+        boxes,
+        gaps.regions,
+        ev.grid_size,
+        ev.confident_grid_size,
+        ev.confident_prob,
+    )
+    metrics.update(found)
     clock.lap("decoded grids")
 
-    # FID in the classifier's feature space; every set holds n_fid images against the same test
-    # digits: the Frechet distance of finite samples is biased up, the more so the fewer they are
-    n_fid = min(ev.fid_samples, len(test_images), len(train_images))
-
-    def fid_to_test(images: np.ndarray) -> float:
-        feats = features.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-        return measures.frechet_distance(feats, test_features[:n_fid])
-
-    rng = np.random.default_rng(ev.seed)
-    prior_z = rng.standard_normal((n_fid, cfg.model.latent_dim), dtype=np.float32)
-    # the AE has no prior: a user samples a Gaussian fitted to its train latents
-    ae_z = measures.sample_fitted_gaussian(train_z["ae"], n_fid, seed=ev.seed + 2)
-    for kind, z in (("ae", ae_z), ("vae", prior_z)):
-        metrics[f"{kind}.sample_fid"] = fid_to_test(decode(models, kind, z))
-        metrics[f"{kind}.recon_fid"] = fid_to_test(test_out[kind]["pixels"][:n_fid])
-    picked = np.random.default_rng(ev.seed + 3).choice(len(train_images), n_fid, replace=False)
-    metrics["reference.fid_train_test"] = fid_to_test(train_images[np.sort(picked)])
+    n_fid = min(ev.fid_samples, len(data.test_images), len(data.train_images))
+    metrics.update(fid_metrics(models, judge, data, test_out, train_z, n_fid, ev.seed))
     clock.lap(f"FID ({n_fid:,} images a set)")
 
-    # denoising and how well each score tells noisy digits from clean ones
-    noisy = measures.add_noise(test_images, ev.noise_sigma, seed=ev.seed + 1)
-    noisy_psnr = measures.psnr(test_images, noisy)
-    denoised = {}
-    for kind in ("ae", "vae"):
-        noisy_out = encode_decode(models, kind, noisy)
-        denoised[kind] = noisy_out["pixels"]
-        gain = measures.psnr(test_images, noisy_out["pixels"]) - noisy_psnr
-        metrics[f"{kind}.denoise_psnr_gain_db"] = float(gain.mean())
-        noisy_scores = anomaly_scores(noisy, noisy_out, kind)
-        is_noisy = np.concatenate([np.zeros(len(noisy), bool), np.ones(len(noisy), bool)])
-        metrics[f"{kind}.noise_auroc"] = roc_auc(
-            np.concatenate([test_scores[kind], noisy_scores]), is_noisy
-        )
-    # the denoising autoencoder: closer to the clean digit, and still the same digit?
-    denoised["denoiser"] = denoiser.denoise(load_denoiser(paths), noisy)
-    metrics.update(
-        denoiser.denoise_metrics(test_images, noisy, denoised["denoiser"], test_probs, classifier)
+    noisy, denoised, found = denoising(
+        models,
+        load_denoiser(paths),
+        judge,
+        data.test_images,
+        test_scores,
+        ev.noise_sigma,
+        ev.seed + 1,
     )
+    metrics.update(found)
     clock.lap(f"denoising (sigma {ev.noise_sigma:g})")
 
-    # the same noise unclipped: zero-mean, so a score cannot tell it by brightness alone
-    unclipped = measures.add_noise(test_images, ev.noise_sigma, seed=ev.seed + 1, clip=False)
-    for kind in ("ae", "vae"):
-        unclipped_scores = anomaly_scores(unclipped, encode_decode(models, kind, unclipped), kind)
-        is_noisy = np.concatenate([np.zeros(len(unclipped), bool), np.ones(len(unclipped), bool)])
-        metrics[f"{kind}.noise_auroc_unclipped"] = roc_auc(
-            np.concatenate([test_scores[kind], unclipped_scores]), is_noisy
-        )
+    metrics.update(
+        unclipped_noise_metrics(models, data.test_images, test_scores, ev.noise_sigma, ev.seed + 1)
+    )
     clock.lap("noise AUROC, unclipped")
 
-    order = [key for key in report.METRIC_DOCS if key in metrics]
-    metrics = {key: metrics[key] for key in order + sorted(set(metrics) - set(order))}
-    bad = [key for key, value in metrics.items() if not np.isfinite(value)]
-    if bad:
-        raise ValueError(f"evaluate: non-finite metrics {bad}")
-
+    metrics = ordered_metrics(metrics)
     fig = draw_figures(
-        cfg,
-        paths,
-        test_images,
-        test_labels,
-        test_out,
-        test_scores,
-        boxes,
-        grid_pixels,
-        noisy,
-        denoised,
-        {"regions": regions, "empty": empty, "radius": radius, "metrics": metrics},
+        cfg, paths, data, test_out, test_scores, boxes, grid_pixels, noisy, denoised, gaps
     )
     clock.lap("figures")
 
     write_json_atomic(paths.eval_dir / "metrics.json", metrics)
     write_json_atomic(paths.eval_dir / "latent_boxes.json", boxes)
-    notes = measurement_notes(cfg, record, len(test_images), n_fid)
+    notes = measurement_notes(cfg, judge.record, len(data.test_images), n_fid)
     write_text_atomic(
         report_path(paths),
         report.render_report(metrics, fig, config_to_toml(cfg), library_versions(), notes),
@@ -513,10 +695,14 @@ def measurement_notes(
 
 
 def evaluate_inputs(paths: Paths) -> list[Path]:
-    return [paths.dataset, denoiser_path(paths)] + [
-        paths.model_dir(kind) / name
+    return [paths.dataset, paths.keras_file("denoiser")] + [
+        path
         for kind in ("ae", "vae")
-        for name in ("encoder.keras", "decoder.keras", "history.csv")
+        for path in (
+            paths.keras_file(kind, "encoder"),
+            paths.keras_file(kind, "decoder"),
+            paths.history_file(kind),
+        )
     ]
 
 
@@ -530,3 +716,12 @@ def evaluate_outputs(paths: Paths) -> list[Path]:
         *(figure_path(paths, name) for name in FIGURES),
         report_path(paths),
     ]
+
+
+STAGE = Stage(
+    name="evaluate",
+    run=run,
+    sections=("data", "evaluate"),
+    inputs=evaluate_inputs,
+    outputs=evaluate_outputs,
+)

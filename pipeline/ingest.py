@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from export.files import atomic_path, sha256_file, write_json_atomic
-from pipeline.common import Paths
+from pipeline.common import Paths, Stage
 from pipeline.config import Config
 
 TRAIN_SPLIT_SIZE = 55_000  # tfds' train has 60,000; the last 5,000 are the validation split
@@ -170,3 +170,13 @@ def ingest_inputs(paths: Paths) -> list[Path]:
     if paths.mirror is None:
         return []
     return [Path(paths.mirror) / name for name in sorted(registered_checksums())]
+
+
+def ingest_outputs(paths: Paths) -> list[Path]:
+    """``data/mnist.npz`` and ``data/summary.json``."""
+    return [paths.dataset, paths.dataset_summary]
+
+
+STAGE = Stage(
+    name="ingest", run=run, sections=("data",), inputs=ingest_inputs, outputs=ingest_outputs
+)

@@ -112,6 +112,34 @@ def psnr(reference: np.ndarray, images: np.ndarray) -> np.ndarray:
     return -10.0 * np.log10(mse)
 
 
+def denoise_metrics(
+    clean: np.ndarray,
+    noisy: np.ndarray,
+    denoised: np.ndarray,
+    clean_probs: np.ndarray,
+    noisy_probs: np.ndarray,
+    denoised_probs: np.ndarray,
+) -> dict[str, float]:
+    """The ``denoise.*`` metrics: PSNR gain and how often the classifier still sees the digit.
+
+    clean, noisy, denoised: (n, 28, 28) float32 in [0, 1]; *_probs: (n, 10) the classifier's
+    probabilities on each. A digit is kept when the classifier's label of the denoised image
+    equals its label of the clean one (not the dataset label: a clean digit the classifier gets
+    wrong should not count against the denoiser).
+    """
+    clean_label = np.asarray(clean_probs).argmax(axis=1)
+
+    def kept(probs: np.ndarray) -> float:
+        return float(np.mean(np.asarray(probs).argmax(axis=1) == clean_label))
+
+    gain = psnr(clean, denoised) - psnr(clean, noisy)
+    return {
+        "denoise.psnr_gain_db": float(gain.mean()),
+        "denoise.class_kept": kept(denoised_probs),
+        "denoise.noisy_class_kept": kept(noisy_probs),
+    }
+
+
 def confident_fraction(probabilities: np.ndarray, threshold: float) -> float:
     """Fraction of rows of ``probabilities`` (n, classes) whose top class has p >= threshold."""
     return float(np.mean(np.max(probabilities, axis=1) >= threshold))

@@ -19,75 +19,26 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
-from pipeline import denoiser, evaluate, ingest, train
-from pipeline import export as export_stage
-from pipeline.common import Paths, library_versions, remove_stale_temporaries
+from pipeline import bundler, denoiser, evaluate, ingest, train
+from pipeline.common import Paths, Stage, library_versions, remove_stale_temporaries
 from pipeline.config import Config, config_to_toml
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    run: Callable[[Config, Paths], Any]
-    sections: tuple[str, ...]  # config sections whose values the stage depends on
-    inputs: Callable[[Paths], list[Path]]
-    outputs: Callable[[Paths], list[Path]]
-
-
-def _model_files(paths: Paths, kind: str) -> list[Path]:
-    d = paths.model_dir(kind)
-    return [d / name for name in (*train.MODEL_FILES, "history.csv", "summary.json")]
-
-
+# every stage, in pipeline order; each module declares its own
 STAGES: dict[str, Stage] = {
-    "ingest": Stage(
-        "ingest",
-        ingest.run,
-        ("data",),
-        ingest.ingest_inputs,
-        lambda p: [p.dataset, p.dataset_summary],
-    ),
-    "train_ae": Stage(
-        "train_ae",
-        train.run_ae,
-        ("data", "model", "train"),
-        lambda p: [p.dataset],
-        lambda p: _model_files(p, "ae"),
-    ),
-    "train_vae": Stage(
-        "train_vae",
-        train.run_vae,
-        ("data", "model", "train"),
-        lambda p: [p.dataset],
-        lambda p: _model_files(p, "vae"),
-    ),
-    "train_denoiser": Stage(
-        "train_denoiser",
-        denoiser.run,
-        ("data", "train", "denoiser"),
-        lambda p: [p.dataset],
-        denoiser.denoiser_outputs,
-    ),
-    "evaluate": Stage(
-        "evaluate",
-        evaluate.run,
-        ("data", "evaluate"),
-        evaluate.evaluate_inputs,
-        evaluate.evaluate_outputs,
-    ),
-    "export": Stage(
-        "export",
-        export_stage.run,
-        ("data", "train", "evaluate", "export"),  # train: the seed of the prior draws
-        export_stage.export_inputs,
-        export_stage.export_outputs,
-    ),
+    stage.name: stage
+    for stage in (
+        ingest.STAGE,
+        train.AE_STAGE,
+        train.VAE_STAGE,
+        denoiser.STAGE,
+        evaluate.STAGE,
+        bundler.STAGE,
+    )
 }
 
 

@@ -5,360 +5,30 @@
 Each writes, under ``ae/`` or ``vae/``: ``model.keras``, ``encoder.keras``, ``decoder.keras``,
 ``history.csv`` (one row per epoch) and ``summary.json``. Both losses are in nats per image:
 the Bernoulli negative log-likelihood summed over the 784 pixels (plus beta * KL for the VAE,
-which makes the VAE's loss the negative ELBO).
+which makes the VAE's loss the negative ELBO). The fit itself is ``pipeline.fitting.fit_model``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import sys
-import time
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.files import atomic_path, sha256_file, sha256_json, write_json_atomic, write_text_atomic
-from pipeline.checkpoint import CheckpointStore, TrainingState, restore_variables
-from pipeline.common import Paths
+from export.files import sha256_file, write_json_atomic, write_text_atomic
+from pipeline.checkpoint import CheckpointStore
+from pipeline.common import Paths, Stage
 from pipeline.config import Config
 from pipeline.data import load_split
-from pipeline.distribute import describe, get_strategy, jit_supported
-
-KINDS = ("ae", "vae", "denoiser")  # the denoiser: see pipeline.denoiser
-MODEL_FILES = ("model.keras", "encoder.keras", "decoder.keras")
-CHECKPOINT_DIR = "checkpoint"  # under ae/ or vae/ while training; removed when the stage ends
-
-
-def model_spec(cfg: Config) -> Any:
-    """The builders' ``ModelSpec`` from the ``[model]`` section."""
-    from models import ModelSpec
-
-    m = cfg.model
-    return ModelSpec(
-        architecture=m.architecture,
-        latent_dim=m.latent_dim,
-        hidden_units=m.hidden_units,
-        conv_filters=m.conv_filters,
-        beta=m.beta,
-        dropout=m.dropout,
-    )
-
-
-def denoiser_spec(cfg: Config) -> Any:
-    """The builders' ``ModelSpec`` of the denoising autoencoder, from ``[denoiser]`` (MLP)."""
-    from models import ModelSpec
-
-    d = cfg.denoiser
-    return ModelSpec(architecture="mlp", latent_dim=d.latent_dim, hidden_units=d.hidden_units)
-
-
-def build_model(kind: str, cfg: Config) -> Any:
-    """A fresh, uncompiled model: the AE or VAE of ``[model]``, the denoiser of ``[denoiser]``."""
-    from models import build_autoencoder, build_vae
-
-    if kind == "denoiser":
-        return build_autoencoder(denoiser_spec(cfg), name="denoiser", prefix="denoiser")
-    spec = model_spec(cfg)
-    return build_autoencoder(spec) if kind == "ae" else build_vae(spec, seed=cfg.train.seed)
-
-
-def keras_verbosity(setting: str) -> int:
-    """Keras ``verbose``: a progress bar on a terminal, one line per epoch in logs and CI."""
-    if setting == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    return {"bar": 1, "epoch": 2, "quiet": 0}[setting]
-
-
-def make_dataset(
-    images: np.ndarray,
-    batch_size: int,
-    shuffle_seed: int | None,
-    inputs: np.ndarray | None = None,
-) -> Any:
-    """tf.data of (inputs, images) batches; shuffled each epoch when ``shuffle_seed`` is given.
-
-    inputs: (n, 28, 28) model inputs for the target ``images`` (default: the images themselves).
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images if inputs is None else inputs, images))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def learning_rate(cfg: Config, train_size: int) -> Any:
-    """``train.learning_rate`` as a float, or as a Keras schedule over the whole epoch budget.
-
-    cosine: linear warm-up from 0 over ``warmup_epochs``, then cosine decay to
-    ``final_lr_fraction * learning_rate`` at the end of epoch ``train.epochs``. Its position is
-    the optimizer's iteration count, which the checkpoint restores, so a resumed run follows the
-    same curve.
-    """
-    import keras
-
-    t = cfg.train
-    if t.lr_schedule == "constant":
-        return t.learning_rate
-    per_epoch = steps_per_epoch(train_size, t.batch_size)
-    warmup = min(t.warmup_epochs, t.epochs - 1) * per_epoch
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else t.learning_rate,
-        decay_steps=max(1, t.epochs * per_epoch - warmup),
-        alpha=t.final_lr_fraction,
-        warmup_target=t.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-
-
-def build_and_compile(
-    kind: str, cfg: Config, train_size: int, jit_compile: bool | None = None
-) -> Any:
-    """A fresh, compiled autoencoder (``kind="ae"``), VAE (``"vae"``) or denoiser (``"denoiser"``).
-
-    train_size: images per epoch (the learning-rate schedule spans ``train.epochs`` of them).
-    jit_compile: None follows ``cfg.train.jit_compile``.
-    """
-    import keras
-
-    from models import SummedBinaryCrossentropy
-
-    model = build_model(kind, cfg)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(cfg, train_size)),
-        loss=SummedBinaryCrossentropy(),
-        metrics=[keras.metrics.MeanSquaredError(name="mse")],
-        jit_compile=cfg.train.jit_compile if jit_compile is None else jit_compile,
-    )
-    return model
-
-
-def history_csv(history: dict[str, list[float]], beta: float | None) -> str:
-    """Per-epoch history as CSV; for the VAE also ``recon`` = loss - beta * kl."""
-    rows = dict(history)
-    if beta is not None and "kl" in rows:
-        rows["recon"] = [lo - beta * kl for lo, kl in zip(rows["loss"], rows["kl"], strict=True)]
-        rows["val_recon"] = [
-            lo - beta * kl for lo, kl in zip(rows["val_loss"], rows["val_kl"], strict=True)
-        ]
-    columns = ["epoch", *sorted(rows)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for i in range(len(rows["loss"])):
-        writer.writerow([i + 1, *(f"{rows[c][i]:.6f}" for c in columns[1:])])
-    return buf.getvalue()
-
-
-def save_keras_atomic(model: Any, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        model.save(tmp)
-
-
-def add_batch_noise(images: Any, sigma: float, seed: int, step: Any) -> Any:
-    """clip(images + N(0, sigma^2), 0, 1) per pixel, the noise a function of (seed, step) only.
-
-    images: a (b, 28, 28) float32 tensor; step: its int64 global batch index. Stateless
-    Philox (not "auto_select", which may pick another algorithm on a GPU) keeps the noise of
-    a batch the same on any device and in a resumed run.
-    """
-    import tensorflow as tf
-
-    noise = tf.random.stateless_normal(
-        tf.shape(images), seed=tf.stack([tf.constant(seed, tf.int64), step]), alg="philox"
-    )
-    return tf.clip_by_value(images + sigma * noise, 0.0, 1.0)
-
-
-def make_train_dataset(
-    images: np.ndarray, batch_size: int, seed: int, first_epoch: int, input_noise: float = 0.0
-) -> Any:
-    """Endless tf.data of (images, images) batches, reshuffled each epoch, starting at ``first_epoch``.
-
-    Epoch k's order depends only on ``seed`` and k, so a run resumed at epoch k sees the batches
-    an unbroken run would have seen. Each epoch ends with a (possibly short) last batch.
-    input_noise: if > 0, the inputs get fresh clipped Gaussian noise of this sigma, drawn from
-    (seed, global batch index) (``add_batch_noise``), so resumed runs see the same noise too.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, images))
-    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).repeat()
-    if input_noise > 0:
-        ds = ds.enumerate().map(
-            lambda step, pair: (add_batch_noise(pair[0], input_noise, seed, step), pair[1])
-        )
-    if first_epoch:
-        ds = ds.skip(first_epoch * steps_per_epoch(len(images), batch_size))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
-
-
-def checkpoint_key(kind: str, cfg: Config, dataset_sha256: str) -> str:
-    """What a checkpoint must match to be resumed: the model kind, its config and its data."""
-    return sha256_json(
-        {
-            "kind": kind,
-            "data": cfg.section("data"),
-            "model": cfg.section("model"),
-            # how the run is distributed, logged or checkpointed does not change what it computes
-            "train": {
-                k: v
-                for k, v in cfg.section("train").items()
-                if k not in ("verbose", "strategy", "checkpoint_seconds")
-            },
-            "dataset": dataset_sha256,
-        }
-    )
-
-
-def _resumable_callbacks(
-    store: CheckpointStore | None,
-    state: TrainingState,
-    best_weights: list[np.ndarray] | None,
-    cfg: Config,
-) -> tuple[Any, Any]:
-    """An EarlyStopping that starts from ``state`` and a callback that checkpoints at epoch ends:
-    every ``train.checkpoint_seconds`` of training (0: every epoch), and at the last epoch."""
-    patience, interval = cfg.train.patience, cfg.train.checkpoint_seconds
-    import keras
-
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        """Keras' EarlyStopping, whose state (best value, wait, best weights) survives a restart."""
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            super().on_train_begin(logs)
-            if state.epochs_done:
-                self.best, self.best_epoch, self.wait = state.best, state.best_epoch, state.wait
-                self.best_weights = best_weights
-
-    stopper = ResumableEarlyStopping(
-        monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1
-    )
-
-    class EpochCheckpoint(keras.callbacks.Callback):
-        """After each epoch: record history and stopping state, then save the checkpoint."""
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.started = time.perf_counter()
-            self.seconds_before = state.seconds
-            self.last_saved = state.seconds
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            for key, value in (logs or {}).items():
-                state.history.setdefault(key, []).append(float(value))
-            state.epochs_done = epoch + 1
-            state.seconds = self.seconds_before + time.perf_counter() - self.started
-            state.best = None if stopper.best is None else float(stopper.best)
-            state.best_epoch, state.wait = int(stopper.best_epoch), int(stopper.wait)
-            state.stopped = bool(self.model.stop_training)
-            due = state.seconds - self.last_saved >= interval
-            if store is not None and (
-                due or state.stopped or state.epochs_done == cfg.train.epochs
-            ):
-                store.save(self.model, state, stopper.best_weights, background=True)
-                self.last_saved = state.seconds
-
-    return stopper, EpochCheckpoint()
-
-
-def _build_or_resume(
-    kind: str, cfg: Config, train_size: int, strategy: Any, store: CheckpointStore | None
-) -> tuple[Any, TrainingState, list[np.ndarray] | None]:
-    """A compiled model, fresh or with the weights, optimizer and RNG state of the checkpoint."""
-    import keras
-
-    keras.utils.set_random_seed(cfg.train.seed)
-    jit = cfg.train.jit_compile and jit_supported(strategy)
-    if cfg.train.jit_compile and not jit:
-        print(f"train_{kind}: XLA off: it has no CPU collectives for {describe(strategy)}")
-    with strategy.scope():
-        model = build_and_compile(kind, cfg, train_size, jit_compile=jit)
-    found = store.load() if store is not None else None
-    if found is None:
-        return model, TrainingState(store.key if store else "", cfg.train.seed), None
-    state, best_weights = found
-    try:
-        with strategy.scope():
-            model.optimizer.build(model.trainable_variables)  # its variables must exist to load
-            restore_variables(model, store.weights_path(state))
-            if len(best_weights) != len(model.get_weights()):
-                raise ValueError(f"{len(best_weights)} best-weight arrays for a different model")
-    except (ValueError, OSError, KeyError) as err:  # a checkpoint of another model: start over
-        print(f"train_{kind}: cannot resume from {store.folder} ({err}); starting over")
-        store.clear()
-        model, _, _ = _build_or_resume(kind, cfg, train_size, strategy, None)
-        return model, TrainingState(store.key, cfg.train.seed), None  # still checkpointed
-    print(
-        f"train_{kind}: resuming after epoch {state.epochs_done} from {store.folder} "
-        f"(best val_loss {state.best:.2f} at epoch {state.best_epoch + 1})"
-    )
-    return model, state, best_weights
-
-
-def fit_model(
-    kind: str,
-    cfg: Config,
-    train_images: np.ndarray,
-    val_images: np.ndarray,
-    callbacks: list[Any] | None = None,
-    checkpoint_dir: Path | None = None,
-    checkpoint_key: str = "",
-    input_noise: float = 0.0,
-    val_inputs: np.ndarray | None = None,
-) -> tuple[Any, dict[str, list[float]], float]:
-    """Build, compile and fit one model under ``cfg.train.strategy``; no file I/O but the checkpoint.
-
-    train_images, val_images: (n, 28, 28) float32 in [0, 1], the targets.
-    checkpoint_dir: if given, a checkpoint is written there after every epoch, and a checkpoint
-    found there with the same ``checkpoint_key`` is resumed from (its last complete epoch).
-    input_noise: sigma of the clipped Gaussian noise added to each train batch's inputs (0: none).
-    val_inputs: (n_val, 28, 28) validation inputs, e.g. noisy digits (default: ``val_images``).
-    Returns (model with the best validation weights, per-epoch history, seconds of training).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    strategy = get_strategy(cfg.train.strategy)  # before any other TF work (multi-worker)
-    store = CheckpointStore(checkpoint_dir, checkpoint_key) if checkpoint_dir else None
-    model, state, best_weights = _build_or_resume(kind, cfg, len(train_images), strategy, store)
-    stopper, epoch_checkpoint = _resumable_callbacks(store, state, best_weights, cfg)
-    print(
-        f"train_{kind}: {model.count_params():,} parameters, {len(train_images):,} train / "
-        f"{len(val_images):,} validation images, up to {cfg.train.epochs} epochs, "
-        f"{describe(strategy)}"
-    )
-    if state.epochs_done < cfg.train.epochs and not state.stopped:
-        try:
-            model.fit(
-                make_train_dataset(
-                    train_images,
-                    cfg.train.batch_size,
-                    cfg.train.seed,
-                    state.epochs_done,
-                    input_noise,
-                ),
-                steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
-                validation_data=make_dataset(
-                    val_images, cfg.train.batch_size, shuffle_seed=None, inputs=val_inputs
-                ),
-                initial_epoch=state.epochs_done,
-                epochs=cfg.train.epochs,
-                callbacks=[stopper, epoch_checkpoint, *(callbacks or [])],
-                shuffle=False,  # the tf.data pipeline already reshuffles every epoch
-                verbose=keras_verbosity(cfg.train.verbose),
-            )
-        finally:  # the last checkpoint reaches the disk, also when fit ends in an exception
-            if store is not None:
-                store.wait()
-    elif best_weights is not None:  # the checkpoint is of the last epoch: nothing left to fit
-        model.set_weights(best_weights)
-    return model, state.history, state.seconds
+from pipeline.fitting import (
+    CHECKPOINT_DIR,
+    checkpoint_key,
+    fit_model,
+    history_csv,
+    save_keras_atomic,
+)
 
 
 def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
@@ -382,11 +52,11 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
         checkpoint_key=checkpoint_key(kind, cfg, sha256_file(paths.dataset)),
     )
 
-    save_keras_atomic(model, out / "model.keras")
-    save_keras_atomic(submodel(model, f"{kind}_encoder"), out / "encoder.keras")
-    save_keras_atomic(submodel(model, f"{kind}_decoder"), out / "decoder.keras")
+    save_keras_atomic(model, paths.keras_file(kind, "model"))
+    for part in ("encoder", "decoder"):
+        save_keras_atomic(submodel(model, f"{kind}_{part}"), paths.keras_file(kind, part))
     beta = cfg.model.beta if kind == "vae" else None
-    write_text_atomic(out / "history.csv", history_csv(history, beta))
+    write_text_atomic(paths.history_file(kind), history_csv(history, beta))
 
     best = int(np.argmin(history["val_loss"]))
     epochs_run = len(history["loss"])
@@ -409,7 +79,7 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
     }
     if kind == "vae":
         summary["val_kl_at_best"] = float(history["val_kl"][best])
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(paths.summary_file(kind), summary)
     print(
         f"train_{kind}: best val_loss {summary['best_val_loss']:.2f} nats at epoch "
         f"{summary['best_epoch']}/{summary['epochs_run']} in {seconds:.0f} s -> {out}"
@@ -424,3 +94,23 @@ def run_ae(cfg: Config, paths: Paths) -> dict[str, Any]:
 
 def run_vae(cfg: Config, paths: Paths) -> dict[str, Any]:
     return train_model("vae", cfg, paths)
+
+
+def train_inputs(paths: Paths) -> list[Path]:
+    """The files the train stages read: the dataset."""
+    return [paths.dataset]
+
+
+def _training_stage(kind: str, run: Callable[[Config, Paths], Any]) -> Stage:
+    """Stage ``train_<kind>``: its config sections, the dataset in, ``Paths.model_files`` out."""
+    return Stage(
+        name=f"train_{kind}",
+        run=run,
+        sections=("data", "model", "train"),
+        inputs=train_inputs,
+        outputs=functools.partial(Paths.model_files, kind=kind),
+    )
+
+
+AE_STAGE = _training_stage("ae", run_ae)
+VAE_STAGE = _training_stage("vae", run_vae)

@@ -55,7 +55,7 @@ def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
 
 @pytest.mark.slow
 def test_mirrored_strategy_trains_in_process(smoke_run: Path):
-    from pipeline.train import fit_model
+    from pipeline.fitting import fit_model
 
     dataset = smoke_run / "data" / "mnist.npz"
     cfg = load_config(SMOKE_CONFIG, ["train.strategy=mirrored", "train.verbose=quiet"])

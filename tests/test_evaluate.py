@@ -16,8 +16,9 @@ from PIL import Image
 
 from export.scoring import gaussian_kl
 from pipeline.common import Paths
-from pipeline.evaluate import FIGURES, evaluate_outputs, read_history
+from pipeline.evaluate import FIGURES, evaluate_outputs, figure_grid, read_history
 from pipeline.figures import EMPTY_CELL_RGBA
+from pipeline.measures import empty_cells
 from pipeline.report import METRIC_DOCS
 from tests.conftest import SMOKE_CONFIG, run_cli
 
@@ -151,6 +152,29 @@ def test_gap_figure_marks_the_empty_cells(smoke_run: Path):
         assert cell_pixels > 0.005, "empty cells not drawn"
     else:
         assert cell_pixels < 0.05
+
+
+def test_pipeline_grids_are_the_runtimes_grid_latents(smoke_run: Path):
+    """The grid figure's latents (``evaluate.figure_grid``) and the gap measure's cells
+    (``measures.empty_cells``) are the points the runtime's ``Bundle.grid_latents`` gives over
+    the same box, in the same order: a grid cell means one latent point everywhere."""
+    from export.bundle import Bundle
+
+    boxes = json.loads((smoke_run / "eval" / "latent_boxes.json").read_text())
+    bundle = Bundle.load(smoke_run / "export")
+    assert bundle.manifest["latent_boxes"] == boxes  # the same box on both sides
+    for kind in ("ae", "vae"):
+        for side in (1, 4, 7):
+            runtime = bundle.grid_latents(side, kind)
+            assert runtime.shape == (side * side, bundle.latent_dim)
+            np.testing.assert_array_equal(figure_grid(boxes[kind], side), runtime)
+        # one train latent on a runtime grid point: only that cell of the measure is filled
+        side = 5
+        runtime = bundle.grid_latents(side, kind)
+        low, high = boxes[kind]["low"], boxes[kind]["high"]
+        for cell in (0, side - 1, 7, side * side - 1):
+            empty = empty_cells(runtime[[cell]], 1e-6, low, high, side)
+            assert np.flatnonzero(~empty).tolist() == [cell], (kind, cell)
 
 
 def test_report_embeds_every_figure_and_lists_every_metric(smoke_run: Path):

@@ -88,8 +88,8 @@ def test_manifest_records_files_thresholds_boxes_and_config(smoke_run: Path):
 
 
 def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
-    from pipeline.common import Paths
-    from pipeline.evaluate import anomaly_scores, encode_decode, load_denoiser, load_models
+    from pipeline.common import Paths, load_denoiser, load_models
+    from pipeline.evaluate import anomaly_scores, encode_decode
     from pipeline.measures import add_noise
 
     models = load_models(Paths(smoke_run))

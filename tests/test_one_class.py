@@ -12,6 +12,7 @@ import pytest
 
 from bench import one_class
 from pipeline.data import load_split
+from pipeline.likelihood import vae_likelihood
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "smoke.toml"
@@ -36,10 +37,11 @@ def test_class_split_follows_the_protocol(smoke_run: Path):
 
 
 def test_importance_sampled_nll_does_not_depend_on_the_proposal(smoke_run: Path):
-    """-log p(x) is a property of the decoder alone: sampling from the prior or from a wider,
-    shifted proposal must estimate the same number. Dropping or mis-signing the log p(z) or
-    log q(z) term would move the second estimate by about KL(q || p) = 0.42 nats or more; with
-    20,000 samples the two agree to ~0.01 nats (a real, randomly initialised Keras decoder)."""
+    """The benchmark's ``vae_is_nll`` (``pipeline.likelihood.vae_likelihood``): -log p(x) is a
+    property of the decoder alone: sampling from the prior or from a wider, shifted proposal
+    must estimate the same number. Dropping or mis-signing the log p(z) or log q(z) term would
+    move the second estimate by about KL(q || p) = 0.42 nats or more; with 20,000 samples the
+    two agree to ~0.01 nats (a real, randomly initialised Keras decoder)."""
     import keras
 
     from models import ModelSpec, build_decoder
@@ -52,10 +54,8 @@ def test_importance_sampled_nll_does_not_depend_on_the_proposal(smoke_run: Path)
     wide_mean = np.full((4, 2), 0.5, np.float32)
     wide_log_var = np.full((4, 2), np.log(1.3**2), np.float32)
 
-    from_prior = one_class.importance_sampled_nll(decoder, images, prior, prior, 20_000, seed=0)
-    from_wide = one_class.importance_sampled_nll(
-        decoder, images, wide_mean, wide_log_var, 20_000, seed=1
-    )
+    from_prior = vae_likelihood(decoder, images, prior, prior, k=20_000, seed=0)["nll_is"]
+    from_wide = vae_likelihood(decoder, images, wide_mean, wide_log_var, k=20_000, seed=1)["nll_is"]
     assert from_prior.shape == (4,)
     assert np.all(np.isfinite(from_prior)) and np.all(from_prior > 0)
     np.testing.assert_allclose(from_wide, from_prior, atol=0.05)
@@ -159,7 +159,7 @@ class _LoggedSplits(dict):
 
 
 def _fake_fit(log: list, val_loss: dict[int, float]):
-    """A stand-in for ``pipeline.train.fit_model``: logs each call and returns a history whose
+    """A stand-in for ``pipeline.fitting.fit_model``: logs each call and returns a history whose
     best validation loss is ``val_loss[latent size]`` (the AE's is 1.0)."""
 
     def fit(kind, cfg, train_images, val_images, **kwargs):
@@ -196,10 +196,12 @@ def test_choose_latent_dim_takes_the_lowest_finite_loss_ties_to_the_smaller():
 def test_latent_selection_sees_only_the_normal_images(monkeypatch: pytest.MonkeyPatch):
     """The choice is made from VAE fits on class-d train and validation images alone; the test
     split is not read until every model of the digit is fitted."""
-    import pipeline.train
+    import pipeline.fitting
 
     log: list = []
-    monkeypatch.setattr(pipeline.train, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0, 8: 107.0}))
+    monkeypatch.setattr(
+        pipeline.fitting, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0, 8: 107.0})
+    )
     monkeypatch.setattr(one_class, "score_images", _fake_scores)
     splits = _tiny_splits()
     cfg = one_class.benchmark_config(one_class.parse_args(["--quiet"]))
@@ -227,10 +229,10 @@ def test_latent_selection_sees_only_the_normal_images(monkeypatch: pytest.Monkey
 def test_three_seeds_keep_the_first_seeds_choice_and_record_the_headline(
     monkeypatch: pytest.MonkeyPatch, smoke_run: Path
 ):
-    import pipeline.train
+    import pipeline.fitting
 
     log: list = []
-    monkeypatch.setattr(pipeline.train, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0}))
+    monkeypatch.setattr(pipeline.fitting, "fit_model", _fake_fit(log, {2: 110.0, 4: 105.0}))
     monkeypatch.setattr(one_class, "score_images", _fake_scores)
     cfg = one_class.benchmark_config(one_class.parse_args(["--quiet"]))
     dataset = smoke_run / "data" / "mnist.npz"

@@ -230,3 +230,33 @@ def test_paths_layout():
     paths = Paths(Path("x"))
     assert paths.tfds_data_dir == Path("x/tfds")
     assert paths.model_dir("vae") == Path("x/vae")
+    assert paths.keras_file("vae", "decoder") == Path("x/vae/decoder.keras")
+    assert paths.keras_files("ae") == [
+        Path(f"x/ae/{n}.keras") for n in ("model", "encoder", "decoder")
+    ]
+    assert paths.model_files("denoiser") == [
+        Path("x/denoiser/model.keras"),
+        Path("x/denoiser/history.csv"),
+        Path("x/denoiser/summary.json"),
+    ]
+    with pytest.raises(ValueError, match="denoiser has no encoder.keras"):
+        paths.keras_file("denoiser", "encoder")
+
+
+def test_runner_runs_the_stages_their_modules_declare_in_pipeline_order():
+    from pipeline import bundler, denoiser, evaluate, ingest, runner, train
+
+    declared = [ingest.STAGE, train.AE_STAGE, train.VAE_STAGE, denoiser.STAGE, evaluate.STAGE]
+    assert list(runner.STAGES.values()) == [*declared, bundler.STAGE]
+    assert list(runner.STAGES) == [
+        "ingest",
+        "train_ae",
+        "train_vae",
+        "train_denoiser",
+        "evaluate",
+        "export",  # the CLI name of the stage in pipeline.bundler
+    ]
+    paths = Paths(Path("x"))
+    for kind in ("ae", "vae"):
+        assert runner.STAGES[f"train_{kind}"].outputs(paths) == paths.model_files(kind)
+    assert runner.STAGES["train_denoiser"].outputs(paths) == paths.model_files("denoiser")

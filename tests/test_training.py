@@ -11,7 +11,7 @@ import pytest
 from models import ModelSpec, build_autoencoder
 from pipeline.checkpoint import CheckpointStore, TrainingState, checkpoint_variables
 from pipeline.config import load_config
-from pipeline.train import learning_rate, steps_per_epoch
+from pipeline.fitting import learning_rate, steps_per_epoch
 
 
 def _rate(schedule, step: int) -> float:

@@ -1,0 +1,281 @@
+"""Stage `export`: the trained encoders and decoders as ONNX, checked against Keras, with a manifest.
+
+    python run_pipeline.py --stages export
+
+Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
+``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
+decoders ``*_decoder.int8.onnx`` (dynamic quantization), ``denoiser.onnx`` (noisy images ->
+pixels, checked on noisy test digits), the ``.keras`` models under ``keras/``,
+``test_latents.npz`` (the test digits' latent positions and labels, for plots and the latent
+explorer) and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions).
+Encoder and decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX
+equivalent. Every ONNX model must match Keras, element-wise within
+``parity_atol + parity_rtol * max|Keras|`` (the output's largest magnitude), on
+``export.parity_samples`` test digits, or the stage fails and leaves the previous ``export/``
+untouched: the bundle is built in a temporary folder and renamed into place only at the end.
+Conversion, the parity check and quantization are ``pipeline.conversion``'s; this module
+gathers the stage's inputs, writes the test latents and the manifest, and swaps the folder in.
+The runtime that reads the bundle is the TensorFlow-free package ``export``
+(``python -m export``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
+from export.files import sha256_file, sha256_json, write_json_atomic
+from pipeline.common import Paths, Stage, library_versions, load_denoiser, load_models
+from pipeline.config import Config
+from pipeline.conversion import (
+    ExportError,
+    OnnxModel,
+    export_checked,
+    keras_outputs,
+    measure_drift,
+    quantize,
+)
+from pipeline.data import load_split
+from pipeline.measures import add_noise
+
+KINDS = ("ae", "vae")
+PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity and drift checks
+TEST_LATENTS = "test_latents.npz"
+DENOISER = "denoiser"  # its role in the manifest and its folder under --out
+
+
+def export_inputs(paths: Paths) -> list[Path]:
+    """Every Keras file of the three models, the evaluation's thresholds and boxes, the data."""
+    return [
+        *(path for kind in (*KINDS, DENOISER) for path in paths.keras_files(kind)),
+        paths.summary_file(DENOISER),  # the noise it was trained on
+        paths.eval_dir / "metrics.json",
+        paths.eval_dir / "latent_boxes.json",
+        paths.dataset,
+    ]
+
+
+def export_outputs(paths: Paths) -> list[Path]:
+    """The manifest and every file it lists (so an altered or missing file reruns the stage)."""
+    manifest = paths.export_dir / MANIFEST
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return [manifest]
+    return [manifest, *(paths.export_dir / name for name in files)]
+
+
+def _latent_inputs(z_test: np.ndarray, seed: int) -> np.ndarray:
+    """Decoder inputs for the checks: encoded test digits plus draws from the prior."""
+    prior = np.random.default_rng(seed).standard_normal((PRIOR_SAMPLES, z_test.shape[1]))
+    return np.concatenate([z_test, prior.astype(np.float32)]).astype(np.float32)
+
+
+def write_test_latents(
+    folder: Path, images: np.ndarray, labels: np.ndarray, encoders: dict[str, OnnxModel]
+) -> dict[str, Any]:
+    """Where the test digits lie in both latent spaces, for plots and the latent explorer.
+
+    images (n, 28, 28) float32, labels (n,) -> ``folder/test_latents.npz`` holding ``labels``
+    (n,) uint8, ``vae_z_mean`` and ``ae_z`` (n, latent_dim) float16 (positions to draw, not
+    to compute with), both from the exported ONNX encoders ``encoders["vae_encoder"]`` and
+    ``encoders["ae_encoder"]``. Returns its manifest entry.
+    """
+    arrays = {
+        "labels": labels.astype(np.uint8),
+        "vae_z_mean": encoders["vae_encoder"].run(images)[0].astype(np.float16),
+        "ae_z": encoders["ae_encoder"].run(images)[0].astype(np.float16),
+    }
+    np.savez(folder / TEST_LATENTS, **arrays)
+    return {
+        "file": TEST_LATENTS,
+        "split": "test",
+        "count": len(images),
+        "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in arrays.items()},
+        "source": "the exported ONNX encoders (VAE: z_mean)",
+    }
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def export_autoencoder(
+    kind: str, models: dict[str, Any], images: np.ndarray, folder: Path, cfg: Config
+) -> tuple[dict[str, dict[str, Any]], dict[str, OnnxModel], dict[str, dict[str, float]]]:
+    """The encoder and decoder of ``kind`` ("ae" or "vae") as ONNX, and the decoder's int8 copy.
+
+    images: (n, 28, 28) the parity digits; the decoder is checked on their latents plus
+    ``PRIOR_SAMPLES`` prior draws. Returns (manifest entries, opened files, parity records),
+    each keyed by role ("vae_encoder", "vae_decoder", "vae_decoder_int8").
+    """
+    encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
+    z = _latent_inputs(keras_outputs(encoder, images)[0], cfg.train.seed)
+    entries, opened, parity = {}, {}, {}
+    for part, model, x in (("encoder", encoder, images), ("decoder", decoder, z)):
+        role = f"{kind}_{part}"
+        opened[role], parity[role] = export_checked(model, role, x, folder, cfg)
+        entries[role] = {"file": opened[role].path.name, "precision": "fp32"}
+    if not cfg.export.int8:
+        return entries, opened, parity
+    fp32 = opened[f"{kind}_decoder"]
+    int8, method = quantize(fp32, folder / f"{kind}_decoder.int8.onnx")
+    opened[f"{kind}_decoder_int8"] = int8
+    # the latents a deployment would decode: the exported encoder's, plus prior draws
+    z_ort = _latent_inputs(opened[f"{kind}_encoder"].run(images)[0], cfg.train.seed)
+    drift = measure_drift(fp32, int8, z_ort)
+    entries[f"{kind}_decoder_int8"] = {
+        "file": int8.path.name,
+        "precision": "int8",
+        "quantization": method,
+        "drift_vs_fp32": {
+            **drift,
+            "test_digits": len(images),
+            "prior_draws": PRIOR_SAMPLES,
+            "seed": cfg.train.seed,
+        },
+    }
+    print(
+        f"export: {kind}_decoder int8: {int8.path.stat().st_size:,} bytes "
+        f"(fp32 {fp32.path.stat().st_size:,}), pixel drift max {drift['max_abs']:.4f} "
+        f"mean {drift['mean_abs']:.5f} (one at a time: max "
+        f"{drift['max_abs_one_at_a_time']:.4f})"
+    )
+    return entries, opened, parity
+
+
+def export_denoiser(
+    paths: Paths, images: np.ndarray, folder: Path, cfg: Config
+) -> tuple[dict[str, Any], OnnxModel, dict[str, float]]:
+    """The denoiser as ONNX, checked on ``images`` (n, 28, 28) under the noise it was trained
+    on; returns (its manifest entry, the opened file, its parity record)."""
+    sigma = json.loads(paths.summary_file(DENOISER).read_text())["noise_sigma"]
+    noisy = add_noise(images, sigma, seed=cfg.train.seed)
+    opened, parity = export_checked(load_denoiser(paths), DENOISER, noisy, folder, cfg)
+    entry = {
+        "file": opened.path.name,
+        "precision": "fp32",
+        "trained_on": {"noise": "clip(x + N(0, sigma^2), 0, 1) per pixel", "sigma": sigma},
+    }
+    return entry, opened, parity
+
+
+def copy_keras_models(paths: Paths, folder: Path) -> None:
+    """Every ``.keras`` file of the three models into ``folder/keras/`` as ``<kind>_<name>``."""
+    keras_dir = folder / "keras"
+    keras_dir.mkdir()
+    for kind in (*KINDS, DENOISER):
+        for path in paths.keras_files(kind):
+            shutil.copyfile(path, keras_dir / f"{kind}_{path.name}")
+
+
+def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
+    """Convert, check and write every file of the bundle into ``folder``; returns the manifest."""
+    metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
+    missing = [f"{k}.anomaly_threshold" for k in KINDS if f"{k}.anomaly_threshold" not in metrics]
+    if missing:
+        raise ExportError(f"{paths.eval_dir / 'metrics.json'} lacks {missing}; rerun evaluate")
+    boxes = json.loads((paths.eval_dir / "latent_boxes.json").read_text())
+    models = load_models(paths)
+    test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
+    images = test_images[: cfg.export.parity_samples]
+
+    entries: dict[str, dict[str, Any]] = {}
+    opened: dict[str, OnnxModel] = {}  # each saved file's one session, keyed like ``entries``
+    parity: dict[str, dict[str, float]] = {}
+    for kind in KINDS:
+        kind_entries, kind_opened, kind_parity = export_autoencoder(
+            kind, models, images, folder, cfg
+        )
+        entries.update(kind_entries)
+        opened.update(kind_opened)
+        parity.update(kind_parity)
+    entries[DENOISER], opened[DENOISER], parity[DENOISER] = export_denoiser(
+        paths, images, folder, cfg
+    )
+    test_latents = write_test_latents(folder, test_images, test_labels, opened)
+    for key, entry in entries.items():
+        entry.update(opened[key].io_spec())
+        entry["opset"] = opened[key].opset
+    copy_keras_models(paths, folder)
+    files = {
+        p.relative_to(folder).as_posix(): _file_entry(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+    e = cfg.export
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "latent_dim": int(models["vae_decoder"].inputs[0].shape[-1]),
+        "input": {
+            "shape": [28, 28],
+            "layouts": ["(n, 28, 28)", "(n, 784)", "(n, 28, 28, 1)"],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "uint8": "accepted and scaled by 1/255",
+        },
+        "models": entries,
+        "files": files,
+        "parity": {
+            "samples": len(images),
+            "atol": e.parity_atol,
+            "rtol": e.parity_rtol,
+            "models": parity,
+        },
+        "anomaly": {
+            "fpr": cfg.evaluate.anomaly_fpr,
+            "calibrated_on": "validation split, fp32 Keras models (evaluate stage)",
+            **{
+                kind: {"score": SCORES[kind], "threshold": metrics[f"{kind}.anomaly_threshold"]}
+                for kind in KINDS
+            },
+        },
+        "latent_boxes": boxes,
+        "test_latents": test_latents,
+        "versions": library_versions(),
+        "config_fingerprint": sha256_json(cfg.to_dict()),
+    }
+
+
+def _swap_into_place(folder: Path, target: Path) -> None:
+    """Replace ``target`` (a folder) by ``folder`` with two renames; no half-written state."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=".export.old.", dir=target.parent))
+        os.replace(target, old / "export")
+        os.replace(folder, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(folder, target)
+
+
+def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    """Build the bundle in a temporary folder beside ``export/``, then rename it into place."""
+    paths.out.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".export.tmp.", dir=paths.out))
+    folder.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        manifest = build_bundle(cfg, paths, folder)
+        write_json_atomic(folder / MANIFEST, manifest)
+        (folder / MANIFEST).chmod(0o644)  # the temporary file it came from was private
+        _swap_into_place(folder, paths.export_dir)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return manifest
+
+
+STAGE = Stage(
+    name="export",
+    run=run,
+    sections=("data", "train", "evaluate", "export"),  # train: the seed of the prior draws
+    inputs=export_inputs,
+    outputs=export_outputs,
+)
