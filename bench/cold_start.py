@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEFAULT_RUN, REPO, machine, table  # noqa: E402
 
+from pipeline.common import Paths  # noqa: E402
+
 RUNTIME = """
 from export.bundle import Bundle
 digit = Bundle.load({bundle!r}).generate([[0.0, 0.0]])
@@ -54,7 +56,7 @@ def main() -> None:
     runtime_python = REPO / ".venv-runtime" / "bin" / "python"
     runtime_env = ".venv-runtime" if runtime_python.exists() else "this interpreter"
     python_rt = str(runtime_python) if runtime_python.exists() else sys.executable
-    decoder = str(run / "vae" / "decoder.keras")
+    decoder = str(Paths(run).keras_file("vae", "decoder"))
     cases = {
         f"runtime (ONNX Runtime, {runtime_env})": (python_rt, RUNTIME.format(bundle=str(run / "export"))),
         "Keras decoder(z) (TensorFlow)": (

@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:  # run as a script: python bench/docs.py
     sys.path.insert(0, str(REPO))
 
 from export.files import write_text_atomic  # noqa: E402
+from pipeline.common import Paths  # noqa: E402
 from pipeline.report import METRIC_DOCS  # noqa: E402
 
 TRAINING_STAGES = ("ingest", "train_ae", "train_vae", "train_denoiser")
@@ -46,7 +47,7 @@ def stage_seconds(run: Path) -> dict[str, float]:
 
 
 def training_result(run: Path, kind: str) -> str:
-    summary = read_json(run / kind / "summary.json")
+    summary = read_json(Paths(run).summary_file(kind))
     ran, best = summary["epochs_run"], summary["best_epoch"]
     text = (
         f"{ran} epochs ({summary['seconds_per_epoch']:.1f} s each), best val loss "
@@ -219,7 +220,7 @@ def runtime_scores_block(run: Path) -> str:
 def binarized_block(run: Path) -> str:
     """The likelihood benchmark's numbers from a run of ``configs/binarized.toml``."""
     m = read_json(run / "eval" / "metrics.json")
-    vae = read_json(run / "vae" / "summary.json")
+    vae = read_json(Paths(run).summary_file("vae"))
     return (
         "\n".join(
             [

@@ -27,6 +27,7 @@ from common import DEFAULT_RUN, load_test_images, machine, matmul_flops, median_
 
 from export import scoring  # noqa: E402
 from export.bundle import Bundle  # noqa: E402
+from pipeline.common import Paths  # noqa: E402
 
 BATCHES = (1, 256, 10_000)
 
@@ -73,7 +74,7 @@ def main() -> None:
     images = load_test_images(args.run)
     fp32 = Bundle.load(args.run / "export", "fp32", threads=args.threads)
     int8 = Bundle.load(args.run / "export", "int8", threads=args.threads)
-    ae = keras.saving.load_model(args.run / "ae" / "model.keras", safe_mode=True)
+    ae = keras.saving.load_model(Paths(args.run).keras_file("ae"), safe_mode=True)
     call = tf.function(
         lambda x: ae(x, training=False),
         input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)],

@@ -8,8 +8,9 @@
     sha256_file(Path("model.onnx"))                    # hex digest, read in 1 MiB blocks
 
 A temporary file sits beside its target as ``.NAME.XXXX.tmpSUFFIX`` (a folder as
-``.NAME.XXXX.tmp``), so a crash leaves the previous target intact, no half-written file under
-its name, and leftovers that ``TEMPORARY_GLOB`` matches.
+``.NAME.XXXX.tmp``, a folder being retired as ``.NAME.old.XXXX``), so a crash leaves the
+previous target intact, no half-written file under its name, and leftovers that
+``TEMPORARY_GLOBS`` match.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 TEMPORARY_GLOB = ".*.tmp*"  # the names AtomicFile and atomic_folder give their temporaries
+TEMPORARY_GLOBS = (TEMPORARY_GLOB, ".*.old.*")  # and the folders atomic_folder retires
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it; put it straight back
 
@@ -93,16 +95,27 @@ def atomic_path(target: Path | str, durable: bool = True) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: Path | str) -> Iterator[Path]:
-    """Yield a new temporary folder beside ``target``; rename it onto ``target`` (which must not
-    exist, or be an empty folder) only if the block succeeds."""
+def atomic_folder(target: Path | str, replace: bool = False) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``target``; rename it onto ``target`` only if the
+    block succeeds.
+
+    replace: an existing ``target`` is first renamed aside (``.NAME.old.XXXX``), then removed,
+    so readers see the old folder or the new one, never a mix; without it ``target`` must not
+    exist or be an empty folder.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private
-        os.replace(tmp, target)  # onto an empty folder, too
+        if replace and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)  # onto an empty folder, too
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

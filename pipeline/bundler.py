@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
-from export.files import sha256_file, sha256_json, write_json_atomic
+from export.files import atomic_folder, sha256_file, sha256_json, write_json_atomic
 from pipeline.common import Paths, Stage, library_versions, load_denoiser, load_models
 from pipeline.config import Config
 from pipeline.conversion import (
@@ -246,29 +244,11 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     }
 
 
-def _swap_into_place(folder: Path, target: Path) -> None:
-    """Replace ``target`` (a folder) by ``folder`` with two renames; no half-written state."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=".export.old.", dir=target.parent))
-        os.replace(target, old / "export")
-        os.replace(folder, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(folder, target)
-
-
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     """Build the bundle in a temporary folder beside ``export/``, then rename it into place."""
-    paths.out.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".export.tmp.", dir=paths.out))
-    folder.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
+    with atomic_folder(paths.export_dir, replace=True) as folder:
         manifest = build_bundle(cfg, paths, folder)
         write_json_atomic(folder / MANIFEST, manifest)
-        (folder / MANIFEST).chmod(0o644)  # the temporary file it came from was private
-        _swap_into_place(folder, paths.export_dir)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
     return manifest
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from export.files import TEMPORARY_GLOB
+from export.files import TEMPORARY_GLOBS
 from pipeline.config import Config
 
 # The Keras files a training stage writes under its model's folder (``<part>.keras``): the AE and
@@ -139,11 +139,6 @@ def load_denoiser(paths: Paths) -> Any:
 def denoise(model: Any, images: np.ndarray) -> np.ndarray:
     """The denoiser's output for ``images`` (n, 28, 28) in [0, 1]: (n, 28, 28) float32."""
     return model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-
-
-# the temporaries of export.files (files and folders) and the folders a stage builds or retires beside its real output (``.export.tmp.*``,
-# ``.export.old.*``)
-TEMPORARY_GLOBS = (TEMPORARY_GLOB, ".*.old.*")
 
 
 def remove_stale_temporaries(out: Path, skip: tuple[Path, ...] = ()) -> list[Path]:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from export.files import TEMPORARY_GLOB, sha256_file
-from pipeline.common import TEMPORARY_GLOBS
+from export.files import TEMPORARY_GLOB, TEMPORARY_GLOBS, sha256_file
 from pipeline.runner import locked_out
 from tests.conftest import REPO, SMOKE_CONFIG, run_cli
 
