@@ -6,6 +6,7 @@
     python -m export generate --z "0.4,0.4" --out one.png       # decode given latents (";" between)
     python -m export encode t10k-images-idx3-ubyte.gz --out latents.csv
     python -m export score pngs/ more.npy --model vae --out scores.csv
+    python -m export score big.npy --fpr 0.05 --maps maps/ --out scores.csv   # p-values, maps
     python -m export denoise noisy.npy --out clean.npy          # or clean.png (one grid), clean/
     python -m export verify digits.png                        # was it made by this bundle?
     python -m export explorer --out site/ --serve             # the latent plane in a browser
@@ -212,17 +213,33 @@ def cmd_score(bundle: Bundle, args: argparse.Namespace) -> int:
         fmt=args.format,
         errors=args.errors,
         strict=args.strict,
+        threshold=args.threshold,
+        fpr=args.fpr,
+        maps=args.maps,
         echo_errors=MAX_ERROR_LINES,
     )
     entry = bundle.manifest["anomaly"][args.model]
+    if args.threshold is not None:
+        origin = "given by --threshold"
+    elif args.fpr is not None:
+        origin = f"flagging {args.fpr} of the validation digits, --fpr"
+    else:
+        origin = f"calibrated at fpr {bundle.manifest['anomaly']['fpr']}"
     n, share = done.scored, f" ({100 * done.flagged / done.scored:.2f}%)" if done.scored else ""
     print(
         f"scored {n} images with the {args.model} ({entry['score']}) in {done.seconds:.1f} s "
         f"({n / max(done.seconds, 1e-9):,.0f} images/s): {done.flagged} anomalies{share} above "
-        f"the threshold {done.threshold:.6g} (calibrated at fpr {bundle.manifest['anomaly']['fpr']})"
-        + ("" if args.out in (None, "-") else f"; wrote {args.out} ({done.fmt})"),
+        f"the threshold {done.threshold:.6g} ({origin})"
+        + ("" if args.out in (None, "-") else f"; wrote {args.out} ({done.fmt})")
+        + ("" if args.maps is None else f"; pixel maps in {args.maps}"),
         file=sys.stderr,
     )
+    if not done.p_values:
+        print(
+            f"note: {bundle.directory} stores no validation scores, so the p_value column is "
+            "empty; export the bundle again to fill it",
+            file=sys.stderr,
+        )
     if done.failed:
         more = done.failed - MAX_ERROR_LINES
         print(
@@ -290,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument(
                 "--strict", action="store_true", help="stop at the first bad record (exit 2)"
+            )
+            cut = p.add_mutually_exclusive_group()
+            cut.add_argument(
+                "--fpr",
+                type=float,
+                help="flag above the threshold that flags this share of the bundle's validation "
+                "digits (instead of the calibrated threshold)",
+            )
+            cut.add_argument("--threshold", type=float, help="flag scores above this value")
+            p.add_argument(
+                "--maps",
+                metavar="DIR",
+                help="write per-pixel score maps (NAME.maps.npy per input) and a mosaic of the "
+                "most anomalous images to DIR",
             )
 
     den = sub.add_parser(

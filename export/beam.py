@@ -13,7 +13,7 @@ and each unit goes through ``export.streaming.score_items``, the loop ``python -
 runs, with the bundle loaded (and its checksums verified) once per worker: the numbers are those
 of the CLI. Input and bundle paths must be readable on the workers (a shared mount on a
 cluster); the output may be any Beam filesystem path. Rows come out unordered, one CSV line
-(source, index, score, anomaly) each; bad records go to ``OUT-errors*.csv`` (source, index,
+(source, index, score, p_value, anomaly) each; bad records go to ``OUT-errors*.csv`` (source, index,
 error) instead of stopping the job.
 """
 
@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from export.bundle import MODELS, PRECISIONS, Bundle
 from export.inputs import RecordError, Unit, read_unit, reading_units
-from export.sinks import COLUMNS, csv_cell
+from export.sinks import COLUMNS, csv_cell, csv_lines
 from export.streaming import DEFAULT_BATCH, score_items
 
 
@@ -60,15 +60,9 @@ class ScoreUnits(beam.DoFn):
             if isinstance(result, RecordError):
                 yield beam.pvalue.TaggedOutput("errors", error_line(result))
                 continue
-            rows = zip(
-                result.sources,
-                result.index.tolist(),
-                result.score.tolist(),
-                result.anomaly.tolist(),
-                strict=True,
+            yield from csv_lines(
+                result.sources, result.index, result.score, result.p_value, result.anomaly
             )
-            for source, index, score, anomaly in rows:
-                yield f"{csv_cell(source)},{index},{score:.7g},{int(anomaly)}"
 
 
 def build(

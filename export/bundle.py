@@ -123,6 +123,7 @@ class Bundle:
         self.precision = precision
         self.latent_dim = int(manifest["latent_dim"])
         self._sessions: dict[str, _Session] = {}
+        self._validation: dict[str, np.ndarray] = {}  # sorted validation scores, loaded on use
         for kind in MODELS:
             for part in ("encoder", "decoder"):
                 role = f"{kind}_{part}"
@@ -243,16 +244,64 @@ class Bundle:
 
         AE: mean squared reconstruction error. VAE: negative ELBO at z_mean, in nats.
         """
+        return self.score_and_maps(images, model, maps=False)[0]
+
+    def pixel_scores(self, images: Any, model: str = "vae") -> np.ndarray:
+        """Where each image is anomalous: the score per pixel, (n, 28, 28) float32.
+
+        AE: the squared error (x - x_hat)^2, whose mean over the image is the AE score. VAE:
+        -log p(x_ij | z_mean), in nats, whose sum over the image plus the image's KL term is the
+        VAE score. ``export.scoring.top_fraction_mean(maps, 0.05)`` aggregates them into a
+        second score that a small defect moves more.
+        """
+        return self.score_and_maps(images, model, maps=True)[1]
+
+    def score_and_maps(
+        self, images: Any, model: str = "vae", maps: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``score`` and (``maps``) ``pixel_scores`` of ``images`` from one pass of the model."""
         self._check_model(model)
         images = as_images(images)
         if model == "ae":
-            return scoring.reconstruction_mse(images, self.reconstruct(images, "ae"))
+            pixels = self.reconstruct(images, "ae")
+            scores = scoring.reconstruction_mse(images, pixels)
+            return scores, scoring.squared_error_map(images, pixels) if maps else None
         z_mean, z_log_var = self.posterior(images)
-        return scoring.negative_elbo(images, self.generate(z_mean, "vae"), z_mean, z_log_var)
+        pixels = self.generate(z_mean, "vae")
+        scores = scoring.negative_elbo(images, pixels, z_mean, z_log_var)
+        return scores, scoring.bernoulli_nll_map(images, pixels) if maps else None
 
     def is_anomaly(self, images: Any, model: str = "vae") -> np.ndarray:
         """(n,) bool: score above the manifest threshold (calibrated at ``anomaly.fpr``)."""
         return self.score(images, model) > self.threshold(model)
+
+    def validation_scores(self, model: str = "vae") -> np.ndarray:
+        """The scores of the validation digits (the normal reference), sorted, (m,) float64.
+
+        Computed at export by these ONNX models; raises ``BundleError`` for a bundle exported
+        before they were stored.
+        """
+        self._check_model(model)
+        if model not in self._validation:
+            entry = self.manifest["anomaly"].get("validation_scores")
+            if entry is None:
+                raise BundleError(
+                    f"{self.directory}: the bundle stores no validation scores ({MANIFEST} has "
+                    "no anomaly.validation_scores); export it again for p-values and --fpr"
+                )
+            with np.load(self.directory / entry["file"], allow_pickle=False) as npz:
+                self._validation[model] = np.sort(npz[model].astype(np.float64))
+        return self._validation[model]
+
+    def p_values(self, scores: np.ndarray, model: str = "vae") -> np.ndarray:
+        """Empirical p-values (n,) of ``scores`` against the validation scores: small means
+        anomalous; uniform on (0, 1] for images like the validation digits."""
+        return scoring.p_values(scores, self.validation_scores(model))
+
+    def threshold_at(self, fpr: float, model: str = "vae") -> float:
+        """The threshold that flags ``fpr`` of the validation digits (a run-time override of
+        the calibrated ``threshold``)."""
+        return scoring.calibrate_threshold(self.validation_scores(model), fpr)
 
     def denoiser_sigma(self) -> float:
         """The sigma of the clipped Gaussian noise the denoiser was trained on.

@@ -90,3 +90,42 @@ def false_positive_rate(scores: np.ndarray, threshold: float) -> float:
     """Fraction of ``scores`` (normal images) flagged as anomalies (score > threshold)."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     return float(np.mean(scores > threshold))
+
+
+def squared_error_map(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The AE score per pixel: (x - x_hat)^2, (n, 28, 28) float32; its mean per image is
+    ``reconstruction_mse``."""
+    diff = np.asarray(images, np.float32) - np.asarray(pixels, np.float32)
+    return (diff * diff).astype(np.float32, copy=False)
+
+
+def bernoulli_nll_map(images: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The VAE score's reconstruction term per pixel: -log p(x_ij | pixels_ij), (n, 28, 28)
+    float32 nats; its sum per image is ``bernoulli_nll`` (the score adds the image's KL)."""
+    x = np.asarray(images, np.float64)
+    p = np.clip(np.asarray(pixels, np.float64), EPSILON, 1.0 - EPSILON)
+    return (-(x * np.log(p) + (1.0 - x) * np.log1p(-p))).astype(np.float32)
+
+
+def top_fraction_mean(maps: np.ndarray, fraction: float) -> np.ndarray:
+    """The mean of the largest ``fraction`` of each image's pixel scores: (n, 28, 28) -> (n,)
+    float32. A localized defect (a stroke that does not belong) moves it more than the mean of
+    all 784 pixels, which the background dilutes."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"top_fraction_mean: fraction must be in (0, 1], got {fraction}")
+    flat = np.asarray(maps, np.float32).reshape(len(maps), -1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    top = np.partition(flat, flat.shape[1] - k, axis=1)[:, flat.shape[1] - k :]
+    return top.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Empirical p-values of ``scores`` (n,) against reference scores of normal images (m,):
+    (1 + #{reference >= s}) / (m + 1), float64 in (0, 1]. Under the null (s drawn like the
+    reference) they are uniform; small means anomalous."""
+    ref = np.sort(np.asarray(reference, np.float64).ravel())
+    if ref.size == 0:
+        raise ValueError("p_values: no reference scores")
+    s = np.asarray(scores, np.float64).ravel()
+    at_least = ref.size - np.searchsorted(ref, s, side="left")
+    return (1.0 + at_least) / (ref.size + 1.0)

@@ -2,7 +2,7 @@
 beside the target (``export.files.AtomicFile``) and renamed over it only when the job completes.
 
     with ScoreSink.open("scores.parquet", fmt="parquet") as sink:
-        sink.write(["a.npy"] * 3, np.arange(3), scores, scores > threshold)
+        sink.write(["a.npy"] * 3, np.arange(3), scores, p_values, scores > threshold)
         sink.commit()                  # rename; leaving the block without commit() removes it
 
 Parquet needs pyarrow (``pip install "mnist-vae[parquet]"``); it is imported only when asked for.
@@ -22,7 +22,7 @@ import numpy as np
 from export.files import AtomicFile
 
 FORMATS = ("csv", "parquet")
-COLUMNS = ("source", "index", "score", "anomaly")
+COLUMNS = ("source", "index", "score", "p_value", "anomaly")
 ROW_GROUP = 65536  # Parquet rows per row group
 
 
@@ -47,7 +47,8 @@ def _pyarrow() -> tuple[Any, Any]:
 
 
 class ScoreSink:
-    """Rows (source, index, score, anomaly) to CSV (a file or stdout) or Parquet, atomically."""
+    """Rows (source, index, score, p_value, anomaly) to CSV (a file or stdout) or Parquet,
+    atomically; a p-value the bundle cannot give (no stored validation scores) is empty."""
 
     def __init__(self, path: Path | None, fmt: str) -> None:
         self.path, self.fmt, self.rows = path, fmt, 0
@@ -55,7 +56,7 @@ class ScoreSink:
         self.tmp = None if self._pending_file is None else self._pending_file.path
         self._fh: IO[str] | None = None
         self._parquet: Any = None
-        self._pending: list[tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[Sequence[str], np.ndarray, np.ndarray, Any, np.ndarray]] = []
         self._pending_rows = 0
         if fmt == "parquet":
             self._pa, pq = _pyarrow()
@@ -64,6 +65,7 @@ class ScoreSink:
                     ("source", self._pa.dictionary(self._pa.int32(), self._pa.string())),
                     ("index", self._pa.int64()),
                     ("score", self._pa.float32()),
+                    ("p_value", self._pa.float64()),
                     ("anomaly", self._pa.bool_()),
                 ]
             )
@@ -82,23 +84,25 @@ class ScoreSink:
         return cls(None if path in (None, "-") else Path(path), fmt)
 
     def write(
-        self, sources: Sequence[str], index: np.ndarray, score: np.ndarray, anomaly: np.ndarray
+        self,
+        sources: Sequence[str],
+        index: np.ndarray,
+        score: np.ndarray,
+        p_value: np.ndarray | None,
+        anomaly: np.ndarray,
     ) -> None:
-        """Append rows: ``sources`` (k,) names, ``index`` (k,) ints, ``score`` (k,), ``anomaly`` (k,)."""
+        """Append rows: ``sources`` (k,) names, ``index`` (k,) ints, ``score`` (k,), ``p_value``
+        (k,) or None, ``anomaly`` (k,) bool."""
         self.rows += len(score)
         if self._parquet is not None:
-            self._pending.append((sources, index, score, anomaly))
+            self._pending.append((sources, index, score, p_value, anomaly))
             self._pending_rows += len(score)
             if self._pending_rows >= ROW_GROUP:
                 self._flush_parquet()
             return
-        lines = [
-            f"{csv_cell(s)},{i},{v:.7g},{int(a)}\n"
-            for s, i, v, a in zip(
-                sources, index.tolist(), score.tolist(), anomaly.tolist(), strict=True
-            )
-        ]
-        self._fh.write("".join(lines))
+        self._fh.write(
+            "".join(line + "\n" for line in csv_lines(sources, index, score, p_value, anomaly))
+        )
 
     def _flush_parquet(self) -> None:
         if not self._pending:
@@ -110,7 +114,10 @@ class ScoreSink:
                 "source": pa.array(sources, pa.string()).dictionary_encode(),
                 "index": np.concatenate([p[1] for p in self._pending]).astype(np.int64),
                 "score": np.concatenate([p[2] for p in self._pending]).astype(np.float32),
-                "anomaly": np.concatenate([p[3] for p in self._pending]).astype(bool),
+                "p_value": pa.array(
+                    [v for p in self._pending for v in _or_nulls(p[3], len(p[2]))], pa.float64()
+                ),
+                "anomaly": np.concatenate([p[4] for p in self._pending]).astype(bool),
             },
             schema=self._schema,
         )
@@ -147,6 +154,28 @@ class ScoreSink:
             self._fh.close()
         if self._pending_file is not None:
             self._pending_file.discard()
+
+
+def csv_lines(
+    sources: Sequence[str],
+    index: np.ndarray,
+    score: np.ndarray,
+    p_value: np.ndarray | None,
+    anomaly: np.ndarray,
+) -> list[str]:
+    """Score rows as CSV lines (no line ends) in ``COLUMNS`` order: the one row format of the
+    score file, whoever writes it."""
+    cells = [""] * len(score) if p_value is None else [f"{p:.6g}" for p in p_value.tolist()]
+    return [
+        f"{csv_cell(s)},{i},{v:.7g},{p},{int(a)}"
+        for s, i, v, p, a in zip(
+            sources, index.tolist(), score.tolist(), cells, anomaly.tolist(), strict=True
+        )
+    ]
+
+
+def _or_nulls(values: np.ndarray | None, n: int) -> list[float | None]:
+    return [None] * n if values is None else values.tolist()
 
 
 def csv_cell(text: str) -> str:

@@ -15,6 +15,8 @@ bad record stops it, nothing is left behind) and a progress counter.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +34,9 @@ from export.inputs import (
     iter_records,
     split_source,
 )
+from export.maps import MapWriter
 from export.progress import Progress
+from export.scoring import p_values
 from export.sinks import ErrorSink, ScoreSink, format_for
 
 DEFAULT_BATCH = 4096
@@ -45,7 +49,10 @@ class Scored:
     sources: list[str]  # (k,)
     index: np.ndarray  # (k,) int64
     score: np.ndarray  # (k,) float32
+    p_value: np.ndarray | None  # (k,) float64 against the validation scores; None: not stored
     anomaly: np.ndarray  # (k,) bool: score > threshold
+    images: np.ndarray | None = None  # (k, 28, 28) float32, with ``maps`` only
+    maps: np.ndarray | None = None  # (k, 28, 28) float32: Bundle.pixel_scores, if asked for
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,12 @@ class Summary:
     threshold: float
     fmt: str  # "csv" or "parquet"
     errors_path: Path | None  # the errors file, when one was written
+    p_values: bool  # whether the rows carry p-values (the bundle stores validation scores)
+
+
+def has_validation_scores(bundle: Bundle) -> bool:
+    """Whether ``bundle`` stores the validation scores that p-values and ``fpr`` need."""
+    return "validation_scores" in bundle.manifest["anomaly"]
 
 
 def score_items(
@@ -67,6 +80,7 @@ def score_items(
     model: str = "vae",
     batch_size: int = DEFAULT_BATCH,
     threshold: float | None = None,
+    maps: bool = False,
 ) -> Iterator[Scored | RecordError]:
     """Score the Chunks of ``items`` in batches of at most ``batch_size`` rows, in input order:
     small chunks (single PNGs, runs between bad CSV rows) are gathered into one batch, a chunk
@@ -74,13 +88,20 @@ def score_items(
     the chunks fall.
 
     threshold: anomaly = score > threshold (default: the bundle's calibrated threshold).
-    RecordErrors are yielded as they come, before the rows of the batch being gathered.
+    maps: also return each batch's images and pixel maps (``Bundle.pixel_scores``).
+    Rows carry p-values when the bundle stores validation scores. RecordErrors are yielded as
+    they come, before the rows of the batch being gathered.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     threshold = bundle.threshold(model) if threshold is None else float(threshold)
+    reference = bundle.validation_scores(model) if has_validation_scores(bundle) else None
     pending: list[Chunk] = []
     rows = 0
+
+    def scored() -> Scored:
+        return _score(bundle, pending, model, threshold, reference, maps)
+
     for item in items:
         if isinstance(item, RecordError):
             yield item
@@ -90,29 +111,39 @@ def score_items(
             if pending and rows + len(piece.images) > batch_size:
                 # score what is gathered rather than concatenate (and keep alive) parts of
                 # two large chunks: a batch never holds more than batch_size rows
-                yield _score(bundle, pending, model, threshold)
+                yield scored()
                 pending, rows = [], 0
             pending.append(piece)
             rows += len(piece.images)
             if rows == batch_size:
-                yield _score(bundle, pending, model, threshold)
+                yield scored()
                 pending, rows = [], 0
     if pending:
-        yield _score(bundle, pending, model, threshold)
+        yield scored()
 
 
 def _part(chunk: Chunk, start: int, size: int) -> Chunk:
     return Chunk(chunk.source, chunk.start + start, chunk.images[start : start + size])
 
 
-def _score(bundle: Bundle, chunks: list[Chunk], model: str, threshold: float) -> Scored:
+def _score(
+    bundle: Bundle,
+    chunks: list[Chunk],
+    model: str,
+    threshold: float,
+    reference: np.ndarray | None,
+    maps: bool,
+) -> Scored:
     images = chunks[0].images if len(chunks) == 1 else np.concatenate([c.images for c in chunks])
-    scores = bundle.score(images, model)
+    scores, pixel_maps = bundle.score_and_maps(images, model, maps=maps)
     return Scored(
         sources=[c.source for c in chunks for _ in range(len(c.images))],
         index=np.concatenate([np.arange(c.start, c.start + len(c.images)) for c in chunks]),
         score=scores,
+        p_value=None if reference is None else p_values(scores, reference),
         anomaly=scores > threshold,
+        images=images if maps else None,
+        maps=pixel_maps,
     )
 
 
@@ -125,6 +156,34 @@ def errors_path_for(out: str | None) -> Path:
     return out_path.with_name(f"{out_path.stem}.errors.csv")
 
 
+def choose_threshold(
+    bundle: Bundle, model: str, threshold: float | None = None, fpr: float | None = None
+) -> float:
+    """The bundle's calibrated threshold, or ``threshold`` as given, or the threshold that
+    flags ``fpr`` of the stored validation scores (at most one of the two)."""
+    if threshold is not None and fpr is not None:
+        raise ValueError("give a threshold or an fpr, not both")
+    if fpr is not None:
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
+        return bundle.threshold_at(fpr, model)
+    if threshold is not None:
+        if not np.isfinite(threshold):
+            raise ValueError(f"--threshold must be a finite number, got {threshold}")
+        return float(threshold)
+    return bundle.threshold(model)
+
+
+def _tagged(sources: list[str], batch_size: int, owner: dict[str, str]) -> Iterator[Item]:
+    """``iter_records`` over ``sources``, noting in ``owner`` which input each source is of
+    (a folder's PNGs are sources of their own)."""
+    for name in sources:
+        for item in iter_records([name], batch_size):
+            if isinstance(item, Chunk):
+                owner[item.source] = name
+            yield item
+
+
 def score_files(
     bundle: Bundle,
     sources: Iterable[str | Path],
@@ -135,12 +194,16 @@ def score_files(
     errors: str | Path | None = None,
     strict: bool = False,
     threshold: float | None = None,
+    fpr: float | None = None,
+    maps: str | Path | None = None,
     echo_errors: int = 0,
 ) -> Summary:
     """Score every image of ``sources`` into ``out`` (.csv or .parquet; None or "-": CSV on
     stdout), bad records into ``errors`` (default ``errors_path_for(out)``, written only if
     there are any).
 
+    threshold / fpr: override the bundle's calibrated threshold (``choose_threshold``).
+    maps: a folder for the pixel maps (``export.maps``).
     strict: the first bad record raises ``InputError`` and no output file is left behind.
     echo_errors: how many of the bad records to print on stderr as ``skipped: ...`` lines.
     """
@@ -152,15 +215,21 @@ def score_files(
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
     fmt = format_for(out, fmt)
-    threshold = bundle.threshold(model) if threshold is None else float(threshold)
+    threshold = choose_threshold(bundle, model, threshold, fpr)
     errors_path = Path(errors) if errors else errors_path_for(out)
     progress = Progress("score", count_records(sources))
+    owner: dict[str, str] = {}
     scored = flagged = 0
     started = time.perf_counter()
-    with ScoreSink.open(out, fmt) as sink, ErrorSink(errors_path) as error_sink:
+    with (
+        ScoreSink.open(out, fmt) as sink,
+        ErrorSink(errors_path) as error_sink,
+        MapWriter(Path(maps)) if maps is not None else contextlib.nullcontext() as map_writer,
+    ):
         try:
-            records = iter_records(sources, batch_size)
-            for item in score_items(bundle, records, model, batch_size, threshold):
+            records = _tagged(sources, batch_size, owner)
+            batches = score_items(bundle, records, model, batch_size, threshold, maps is not None)
+            for item in batches:
                 if isinstance(item, RecordError):
                     if strict:
                         raise InputError(f"{item} (--strict: stopped at the first bad record)")
@@ -168,7 +237,9 @@ def score_files(
                     if error_sink.count <= echo_errors:
                         progress.message(f"skipped: {item}")
                     continue
-                sink.write(item.sources, item.index, item.score, item.anomaly)
+                sink.write(item.sources, item.index, item.score, item.p_value, item.anomaly)
+                if map_writer is not None:
+                    _add_maps(map_writer, item, owner)
                 scored += len(item.score)
                 flagged += int(item.anomaly.sum())
                 progress.add(len(item.score))
@@ -176,6 +247,8 @@ def score_files(
             progress.close()
         sink.commit()
         error_sink.commit()
+        if map_writer is not None:
+            map_writer.commit()
     return Summary(
         scored=scored,
         flagged=flagged,
@@ -184,4 +257,22 @@ def score_files(
         threshold=threshold,
         fmt=fmt,
         errors_path=errors_path if error_sink.count else None,
+        p_values=has_validation_scores(bundle),
     )
+
+
+def _add_maps(writer: MapWriter, batch: Scored, owner: dict[str, str]) -> None:
+    """The batch's maps, split by the input each row comes from."""
+    names = [owner[s] for s in batch.sources]
+    start = 0
+    for name, group in itertools.groupby(names):
+        end = start + len(list(group))
+        writer.add(
+            name,
+            batch.sources[start:end],
+            batch.index[start:end],
+            batch.score[start:end],
+            batch.images[start:end],
+            batch.maps[start:end],
+        )
+        start = end

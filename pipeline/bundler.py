@@ -6,7 +6,9 @@ Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 ``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
 decoders ``*_decoder.int8.onnx`` (dynamic quantization), ``denoiser.onnx`` (noisy images ->
 pixels, checked on noisy test digits), the ``.keras`` models under ``keras/``,
-``test_latents.npz`` (the test digits' latent positions and labels, for plots and the latent
+``validation_scores.npz`` (the validation digits' AE and VAE scores by the exported models: the
+reference of the runtime's p-values), ``test_latents.npz`` (the test digits' latent positions
+and labels, for plots and the latent
 explorer) and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions).
 Encoder and decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX
 equivalent. Every ONNX model must match Keras, element-wise within
@@ -31,6 +33,7 @@ import numpy as np
 
 from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
 from export.files import atomic_folder, sha256_file, sha256_json, write_json_atomic
+from export.scoring import negative_elbo, reconstruction_mse
 from pipeline.common import Paths, Stage, library_versions, load_denoiser, load_models
 from pipeline.config import Config
 from pipeline.conversion import (
@@ -47,6 +50,7 @@ from pipeline.measures import add_noise
 KINDS = ("ae", "vae")
 PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity and drift checks
 TEST_LATENTS = "test_latents.npz"
+VALIDATION_SCORES = "validation_scores.npz"
 DENOISER = "denoiser"  # its role in the manifest and its folder under --out
 
 
@@ -99,6 +103,30 @@ def write_test_latents(
         "count": len(images),
         "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in arrays.items()},
         "source": "the exported ONNX encoders (VAE: z_mean)",
+    }
+
+
+def write_validation_scores(
+    folder: Path, images: np.ndarray, opened: dict[str, OnnxModel]
+) -> dict[str, Any]:
+    """The anomaly scores of the validation digits by the exported fp32 ONNX models: the
+    reference the runtime's p-values and ``--fpr`` thresholds are computed against.
+
+    images (m, 28, 28) float32 -> ``folder/validation_scores.npz`` holding ``ae`` and ``vae``
+    (m,) float32, in ``export.scoring``'s definitions. Returns its manifest entry.
+    """
+    z = opened["ae_encoder"].run(images)[0]
+    z_mean, z_log_var = opened["vae_encoder"].run(images)
+    arrays = {
+        "ae": reconstruction_mse(images, opened["ae_decoder"].run(z)[0]),
+        "vae": negative_elbo(images, opened["vae_decoder"].run(z_mean)[0], z_mean, z_log_var),
+    }
+    np.savez(folder / VALIDATION_SCORES, **arrays)
+    return {
+        "file": VALIDATION_SCORES,
+        "split": "validation",
+        "count": len(images),
+        "source": "the exported fp32 ONNX models",
     }
 
 
@@ -200,6 +228,8 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         paths, images, folder, cfg
     )
     test_latents = write_test_latents(folder, test_images, test_labels, opened)
+    validation_images, _ = load_split(paths.dataset, "validation", cfg.data)
+    validation_scores = write_validation_scores(folder, validation_images, opened)
     for key, entry in entries.items():
         entry.update(opened[key].io_spec())
         entry["opset"] = opened[key].opset
@@ -232,6 +262,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         "anomaly": {
             "fpr": cfg.evaluate.anomaly_fpr,
             "calibrated_on": "validation split, fp32 Keras models (evaluate stage)",
+            "validation_scores": validation_scores,
             **{
                 kind: {"score": SCORES[kind], "threshold": metrics[f"{kind}.anomaly_threshold"]}
                 for kind in KINDS

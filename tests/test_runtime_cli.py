@@ -94,11 +94,14 @@ def test_score_csv_matches_the_api(bundle_dir: str, test_npy: Path, tmp_path: Pa
         tmp_path,
     )
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
-    assert list(rows[0]) == ["source", "index", "score", "anomaly"]
+    assert list(rows[0]) == ["source", "index", "score", "p_value", "anomaly"]
     assert len(rows) == 203
     bundle = Bundle.load(bundle_dir)
     expected = bundle.score(images, "vae")
     np.testing.assert_allclose([float(r["score"]) for r in rows[:200]], expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(r["p_value"]) for r in rows[:200]], bundle.p_values(expected, "vae"), rtol=1e-5
+    )
     assert [int(r["anomaly"]) for r in rows[:200]] == (expected > bundle.threshold()).tolist()
     assert [Path(r["source"]).name for r in rows[200:]] == ["0.png", "1.png", "2.png"]
     np.testing.assert_allclose([float(r["score"]) for r in rows[200:]], expected[:3], rtol=1e-5)
