@@ -1,5 +1,6 @@
-"""Peak resident memory of ``python -m export score`` on 1,000,000 images from a .npy file, and on
-10,000,000 (the same memory-mapped file given ten times): memory must stay flat.
+"""Peak resident memory and speed of ``python -m export score`` on 1,000,000 images from a .npy
+file, and on 10,000,000 (the same memory-mapped file given ten times): memory must stay flat,
+and the stream must keep up with ``Bundle.score`` on in-memory batches (measured in the run).
 
     .venv/bin/python bench/stream_memory.py --run artifacts            # ~0.8 GB of scratch disk
     .venv/bin/python bench/stream_memory.py --run /tmp/full --repeats 1 --model ae
@@ -55,8 +56,40 @@ def score_once(
     with out.open() as fh:
         rows = sum(1 for _ in fh) - 1
     out.unlink()
+    summary = next(line for line in lines if line.startswith("scored "))
+    # the scorer's own rate, from reading the first input to the last row (no process start)
+    rate = float(summary.split(" images/s")[0].rsplit("(", 1)[1].replace(",", ""))
     return {"seconds": seconds, "peak_rss_kib": peak_kib, "method": method, "rows": rows,
-            "summary": lines[-1]}  # fmt: skip
+            "summary": summary, "scoring_images_per_s": rate}  # fmt: skip
+
+
+IN_MEMORY = """
+import statistics, sys, time
+import numpy as np
+from export.bundle import Bundle
+bundle = Bundle.load(sys.argv[1])
+images = np.load(sys.argv[2], mmap_mode="r")[: int(sys.argv[3])].astype(np.float32) / 255
+batch, model = int(sys.argv[4]), sys.argv[5]
+bundle.score(images[:batch], model)  # warm-up
+times = []
+for _ in range(int(sys.argv[6])):
+    started = time.perf_counter()
+    for i in range(0, len(images), batch):
+        bundle.score(images[i : i + batch], model)
+    times.append(time.perf_counter() - started)
+print(len(images) / statistics.median(times))
+"""
+
+
+def in_memory_rate(
+    run: Path, npy: Path, images: int, batch: int, model: str, repeats: int = 3
+) -> float:
+    """Images/s of ``Bundle.score`` on in-memory float32 batches, in a child process (the
+    baseline the streaming rate is compared with: the same model and batch size)."""
+    command = [sys.executable, "-c", IN_MEMORY, str(run / "export"), str(npy), str(images)]
+    command += [str(batch), model, str(repeats)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip())
 
 
 def main() -> None:
@@ -90,6 +123,8 @@ def main() -> None:
             for start in range(0, args.images, len(digits)):
                 fh.write(digits[: min(len(digits), args.images - start)].tobytes())
         size = big.stat().st_size
+        baseline_images = min(args.images, 100_000)
+        baseline = in_memory_rate(run, big, baseline_images, args.batch_size, args.model)
         for count in repeats:
             result = score_once(run, [big] * count, args.model, args.batch_size, scratch / "s.csv")
             if result["rows"] != count * args.images:
@@ -104,25 +139,33 @@ def main() -> None:
     for r in results:
         print(f"  {r['summary']}")
     print(f"peak RSS measured with {results[0]['method']}; .npy on disk {size / 1e6:,.0f} MB")
+    print(
+        f"baseline: Bundle.score on {baseline_images:,} in-memory float32 images, batches of "
+        f"{args.batch_size}: {baseline:,.0f} images/s (median of 3)"
+    )
     print()
     rows = [
         [
             f"{r['images']:,}",
             r["repeats"],
             f"{r['seconds']:.1f}",
-            f"{r['images'] / r['seconds']:,.0f}",
+            f"{r['scoring_images_per_s']:,.0f}",
             f"{r['peak_rss_kib'] / 1024:,.0f} MiB",
+            f"{r['scoring_images_per_s'] / baseline:.2f}",
             f"{r['peak_rss_kib'] / base:.3f}",
         ]
         for r in results
     ]
-    print(table(["images", "file given", "wall s", "images/s", "peak RSS", "RSS ratio"], rows))
+    header = ["images", "file given", "wall s", "scoring images/s", "peak RSS", "vs in-memory"]
+    print(table([*header, "RSS ratio"], rows))
     report = {
         "machine": machine(),
         "model": args.model,
         "batch_size": args.batch_size,
         "npy_images": args.images,
         "npy_bytes": size,
+        "in_memory_images_per_s": baseline,
+        "in_memory_images": baseline_images,
         "results": results,
         "rss_ratio_vs_first": [r["peak_rss_kib"] / base for r in results],
     }
