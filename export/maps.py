@@ -18,7 +18,6 @@ import csv
 import heapq
 import itertools
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import numpy as np
@@ -140,11 +139,6 @@ class MapWriter:
     def __enter__(self) -> MapWriter:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         for stream in self._streams.values():
             stream.discard()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,26 @@ def run_export_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"export {args} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def case_counter(
+    label: str, tried: Counter[str], minimum: Callable[[], int], exhaustive: dict[str, int]
+) -> Callable[..., Iterator[None]]:
+    """An autouse fixture for a module of property tests: each test, run alone or in any order,
+    reports its own number of cases and must have tried ``exhaustive[name]`` of them (the size
+    of a smaller finite space, or its own settings' max_examples), else ``minimum()``.
+
+    tried: the module's counter, which each property's body increments once per case.
+    """
+
+    @pytest.fixture(autouse=True)
+    def count_cases(request: pytest.FixtureRequest) -> Iterator[None]:
+        before = sum(tried.values())
+        yield
+        if getattr(request.function, "is_hypothesis_test", False):
+            n = sum(tried.values()) - before
+            print(f"{label}: {n} cases tried by {request.node.name}")
+            wanted = exhaustive.get(request.function.__name__, minimum())
+            assert n >= wanted, f"{request.node.name} tried {n} cases, expected {wanted}"
+
+    return count_cases

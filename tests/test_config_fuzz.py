@@ -9,6 +9,7 @@ import typing
 from collections import Counter
 
 import pytest
+from conftest import case_counter  # tests/ is on sys.path (rootdir conftest)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,21 +18,10 @@ from pipeline.config import SECTIONS, Config, ConfigError, build_config, load_co
 TRIED: Counter[str] = Counter()  # cases per property
 
 
-# a property tries FUZZ.max_examples cases, or what EXHAUSTIVE says for its test: the size of
-# a smaller finite space, or the max_examples of its own settings
-EXHAUSTIVE: dict[str, int] = {}
+EXHAUSTIVE: dict[str, int] = {}  # test name -> its case count when not FUZZ.max_examples
 
 
-@pytest.fixture(autouse=True)
-def _count_cases(request: pytest.FixtureRequest):
-    """Each property test, run alone or in any order, reports and checks its own case count."""
-    before = sum(TRIED.values())
-    yield
-    if getattr(request.function, "is_hypothesis_test", False):
-        tried = sum(TRIED.values()) - before
-        print(f"config fuzz: {tried} cases tried by {request.node.name}")
-        minimum = EXHAUSTIVE.get(request.function.__name__, FUZZ.max_examples)
-        assert tried >= minimum, f"{request.node.name} tried {tried} cases, expected {minimum}"
+count_cases = case_counter("config fuzz", TRIED, lambda: FUZZ.max_examples, EXHAUSTIVE)
 
 
 SCHEMA: dict[str, dict[str, typing.Any]] = {

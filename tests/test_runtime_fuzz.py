@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import case_counter  # tests/ is on sys.path (rootdir conftest)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -26,21 +27,10 @@ pytestmark = pytest.mark.slow
 TRIED: Counter[str] = Counter()  # cases per property
 
 
-# a property tries FUZZ.max_examples cases, or what EXHAUSTIVE says for its test: the size of
-# a smaller finite space, or the max_examples of its own settings
-EXHAUSTIVE: dict[str, int] = {}
+EXHAUSTIVE: dict[str, int] = {}  # test name -> its case count when not FUZZ.max_examples
 
 
-@pytest.fixture(autouse=True)
-def _count_cases(request: pytest.FixtureRequest):
-    """Each property test, run alone or in any order, reports and checks its own case count."""
-    before = sum(TRIED.values())
-    yield
-    if getattr(request.function, "is_hypothesis_test", False):
-        tried = sum(TRIED.values()) - before
-        print(f"runtime fuzz: {tried} cases tried by {request.node.name}")
-        minimum = EXHAUSTIVE.get(request.function.__name__, FUZZ.max_examples)
-        assert tried >= minimum, f"{request.node.name} tried {tried} cases, expected {minimum}"
+count_cases = case_counter("runtime fuzz", TRIED, lambda: FUZZ.max_examples, EXHAUSTIVE)
 
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
