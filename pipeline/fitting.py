@@ -13,6 +13,7 @@ what a fit produced (``history_csv``, ``save_keras_atomic``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 import time
@@ -31,18 +32,11 @@ CHECKPOINT_DIR = "checkpoint"  # under a model's folder while training; removed 
 
 
 def model_spec(cfg: Config) -> Any:
-    """The builders' ``ModelSpec`` from the ``[model]`` section."""
+    """The builders' ``ModelSpec`` from the ``[model]`` section (it mirrors the section, field
+    for field)."""
     from models import ModelSpec
 
-    m = cfg.model
-    return ModelSpec(
-        architecture=m.architecture,
-        latent_dim=m.latent_dim,
-        hidden_units=m.hidden_units,
-        conv_filters=m.conv_filters,
-        beta=m.beta,
-        dropout=m.dropout,
-    )
+    return ModelSpec(**{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ModelSpec)})
 
 
 def denoiser_spec(cfg: Config) -> Any:
