@@ -377,7 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the label of an anomaly, for named labels (default {evaluation.DEFAULT_POSITIVE})",
     )
     ev.add_argument(
-        "--bundle", type=Path, help="read the calibrated threshold from this bundle's manifest"
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="read the calibrated threshold from this bundle's manifest",
     )
     ev.add_argument("--model", choices=MODELS, default="vae", help="whose threshold (--bundle)")
     ev.add_argument("--threshold", type=float, help="flag score > THRESHOLD instead")
