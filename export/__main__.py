@@ -11,6 +11,7 @@
     python -m export verify digits.png                        # was it made by this bundle?
     python -m export explorer --out site/ --serve             # the latent plane in a browser
     python -m export score big.npy --batch-size 4096 --out scores.parquet --threads 8
+    python -m export evaluate scores.csv --label-from-folder --bundle artifacts/export
 
 The bundle is ``--bundle DIR``, else ``$MNIST_VAE_BUNDLE``, else ``artifacts/export``. Inputs
 are read chunk by chunk (``export.inputs``), so scoring a large file needs little memory.
@@ -33,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export import explorer, provenance
+from export import evaluation, explorer, provenance
 from export.bundle import MODELS, PRECISIONS, Bundle, BundleError
-from export.files import atomic_folder, atomic_path
+from export.files import atomic_folder, atomic_path, write_json_atomic
 from export.images import save_grid
 from export.inputs import Chunk, InputError, iter_chunks
 from export.progress import Progress
@@ -374,6 +375,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="images to place on the plane when the bundle has no test_latents.npz "
         "(e.g. t10k-images-idx3-ubyte.gz)",
     )
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="labelled scores -> AUROC, AUPR, F1-max, TPR at the calibrated threshold",
+        description="Evaluate a score file of `score` (CSV or Parquet; columns source, index, "
+        "score, read by name) against binary labels: a labels file (--labels, columns source, "
+        "index and --label-column, default label), a column of the score file (--label-column "
+        "alone), or the folder each source lies in (--label-from-folder: DIR/normal/*.png, "
+        "DIR/anomaly/*.png). Labels are 0/1, true/false, or --positive NAME and one other "
+        "value. Reports AUROC, average precision, F1-max and its threshold, the TPR at the "
+        "threshold of --bundle (its manifest, --model's score) or --threshold (else the one the "
+        "anomaly column implies) and the TPR at --fpr on these normal images. A bad file stops "
+        "it with one error line (file, row, what was expected) and exit status 2.",
+    )
+    ev.add_argument("scores", metavar="SCORES", help="score file written by score (.csv, .parquet)")
+    ev.add_argument("--labels", metavar="FILE", help="labels file: columns source, index, label")
+    ev.add_argument(
+        "--label-column",
+        metavar="NAME",
+        help="the label column: of --labels (default label), else of the score file itself",
+    )
+    ev.add_argument(
+        "--label-from-folder",
+        action="store_true",
+        help="each source's label is the name of the folder it lies in",
+    )
+    ev.add_argument(
+        "--positive",
+        default=evaluation.DEFAULT_POSITIVE,
+        metavar="NAME",
+        help=f"the label of an anomaly, for named labels (default {evaluation.DEFAULT_POSITIVE})",
+    )
+    ev.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="read the calibrated threshold from this bundle's manifest",
+    )
+    ev.add_argument("--model", choices=MODELS, default="vae", help="whose threshold (--bundle)")
+    ev.add_argument("--threshold", type=float, help="flag score > THRESHOLD instead")
+    ev.add_argument(
+        "--fpr",
+        type=float,
+        help="target FPR of the TPR-at-FPR line (default: the bundle's, else "
+        f"{evaluation.DEFAULT_FPR})",
+    )
+    ev.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     return parser
 
 
@@ -396,6 +444,27 @@ def cmd_explorer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    result = evaluation.evaluate_file(
+        args.scores,
+        labels_path=args.labels,
+        label_column=args.label_column,
+        from_folders=args.label_from_folder,
+        positive=args.positive,
+        bundle=args.bundle,
+        model=args.model,
+        threshold=args.threshold,
+        fpr=args.fpr,
+    )
+    print(evaluation.render(result))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        write_json_atomic(args.json, result.to_json())
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "info": cmd_info,
     "generate": cmd_generate,
@@ -403,7 +472,11 @@ COMMANDS = {
     "score": cmd_score,
     "denoise": cmd_denoise,
 }
-OWN_BUNDLE = {"verify": cmd_verify, "explorer": cmd_explorer}  # they load the bundle themselves
+OWN_BUNDLE = {  # they load the bundle themselves (evaluate only with --bundle)
+    "verify": cmd_verify,
+    "explorer": cmd_explorer,
+    "evaluate": cmd_evaluate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
