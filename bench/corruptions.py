@@ -642,15 +642,13 @@ def main() -> None:
         f"{pct(bound)}"
     )
     print()
+
+    def candidate_row(name: str, r: dict[str, Any], *more: str) -> list[str]:
+        summary = [f"{r['mean_auroc']:.3f}", pct(r["mean_flagged"]), pct(r["clean_fpr"])]
+        return [name, *summary, *more, "**chosen**" if name == chosen else ""]
+
     choice_rows = [
-        [
-            name,
-            f"{r['mean_auroc']:.3f}",
-            pct(r["mean_flagged"]),
-            pct(r["clean_fpr"]),
-            "yes" if r["clean_fpr"] <= bound else "no",
-            "**chosen**" if name == chosen else "",
-        ]
+        candidate_row(name, r, "yes" if r["clean_fpr"] <= bound else "no")
         for name, r in on_b.items()
     ]
     print(
@@ -662,16 +660,7 @@ def main() -> None:
     print()
     print("test, after the choice (every candidate refitted on the whole validation split):")
     print()
-    test_rows = [
-        [
-            name,
-            f"{r['mean_auroc']:.3f}",
-            pct(r["mean_flagged"]),
-            pct(r["clean_fpr"]),
-            "**chosen**" if name == chosen else "",
-        ]
-        for name, r in on_test.items()
-    ]
+    test_rows = [candidate_row(name, r) for name, r in on_test.items()]
     print(table(["candidate", "mean AUROC", "mean flagged", "clean test FPR", ""], test_rows))
     print()
     per_rows = [

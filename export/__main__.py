@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import os
 import sys
@@ -390,7 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
         "it with one error line (file, row, what was expected) and exit status 2.",
     )
     ev.add_argument("scores", metavar="SCORES", help="score file written by score (.csv, .parquet)")
-    ev.add_argument("--labels", metavar="FILE", help="labels file: columns source, index, label")
+    ev.add_argument(
+        "--labels",
+        dest="labels_path",
+        metavar="FILE",
+        help="labels file: columns source, index, label",
+    )
     ev.add_argument(
         "--label-column",
         metavar="NAME",
@@ -398,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--label-from-folder",
+        dest="from_folders",
         action="store_true",
         help="each source's label is the name of the folder it lies in",
     )
@@ -445,17 +452,10 @@ def cmd_explorer(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    options = inspect.signature(evaluation.evaluate_file).parameters
     result = evaluation.evaluate_file(
-        args.scores,
-        labels_path=args.labels,
-        label_column=args.label_column,
-        from_folders=args.label_from_folder,
-        positive=args.positive,
-        bundle=args.bundle,
-        model=args.model,
-        threshold=args.threshold,
-        fpr=args.fpr,
-    )
+        args.scores, **{name: getattr(args, name) for name in options if name != "scores_path"}
+    )  # the parser's destinations are evaluate_file's parameter names
     print(evaluation.render(result))
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
