@@ -5,16 +5,18 @@
 Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 ``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
 decoders ``*_decoder.int8.onnx`` (dynamic quantization), ``denoiser.onnx`` (noisy images ->
-pixels, checked on noisy test digits), the ``.keras`` models under ``keras/``,
-``validation_scores.npz`` (the validation digits' AE and VAE scores by the exported models: the
-reference of the runtime's p-values), ``test_latents.npz`` (the test digits' latent positions
-and labels, for plots and the latent
-explorer) and ``manifest.json`` (checksums, shapes, thresholds, latent boxes, versions).
+pixels, checked on noisy test digits), the anomaly scorers ``ae_scorer.onnx`` and
+``vae_scorer.onnx`` (images -> score, anomaly; ``pipeline.scorers``), the ``.keras`` models
+under ``keras/``, ``validation_scores.npz`` (the validation digits' AE and VAE scores by the
+exported models: the reference of the runtime's p-values), ``test_latents.npz`` (the test
+digits' latent positions and labels, for plots and the latent explorer) and ``manifest.json``
+(checksums, shapes, thresholds, latent boxes, versions).
 Encoder and decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX
 equivalent. Every ONNX model must match Keras, element-wise within
 ``parity_atol + parity_rtol * max|Keras|`` (the output's largest magnitude), on
-``export.parity_samples`` test digits, or the stage fails and leaves the previous ``export/``
-untouched: the bundle is built in a temporary folder and renamed into place only at the end.
+``export.parity_samples`` test digits (the scorers: match ``export.scoring``), or the stage
+fails and leaves the previous ``export/`` untouched: the bundle is built in a temporary folder
+and renamed into place only at the end.
 Conversion, the parity check and quantization are ``pipeline.conversion``'s; this module
 gathers the stage's inputs, writes the test latents and the manifest, and swaps the folder in.
 The runtime that reads the bundle is the TensorFlow-free package ``export``
@@ -46,6 +48,7 @@ from pipeline.conversion import (
 )
 from pipeline.data import load_split
 from pipeline.measures import add_noise
+from pipeline.scorers import export_scorer
 
 KINDS = ("ae", "vae")
 PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity and drift checks
@@ -194,6 +197,33 @@ def export_denoiser(
     return entry, opened, parity
 
 
+def export_scorers(
+    opened: dict[str, OnnxModel],
+    images: np.ndarray,
+    metrics: dict[str, float],
+    folder: Path,
+    cfg: Config,
+) -> tuple[dict[str, dict[str, Any]], dict[str, OnnxModel]]:
+    """``ae_scorer.onnx`` and ``vae_scorer.onnx`` (``pipeline.scorers``): the fp32 encoder and
+    decoder in ``opened`` and the score at the calibrated threshold, one graph each, checked
+    against ``export.scoring`` on the parity digits ``images`` and noisy copies of them.
+    Returns (manifest entries, opened files), keyed by role ("vae_scorer")."""
+    entries, scorers = {}, {}
+    for kind in KINDS:
+        role = f"{kind}_scorer"
+        scorers[role], entries[role] = export_scorer(
+            kind,
+            opened[f"{kind}_encoder"],
+            opened[f"{kind}_decoder"],
+            images,
+            metrics[f"{kind}.anomaly_threshold"],
+            cfg.evaluate.anomaly_fpr,
+            folder,
+            seed=cfg.train.seed,
+        )
+    return entries, scorers
+
+
 def copy_keras_models(paths: Paths, folder: Path) -> None:
     """Every ``.keras`` file of the three models into ``folder/keras/`` as ``<kind>_<name>``."""
     keras_dir = folder / "keras"
@@ -227,6 +257,9 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     entries[DENOISER], opened[DENOISER], parity[DENOISER] = export_denoiser(
         paths, images, folder, cfg
     )
+    scorer_entries, scorers = export_scorers(opened, images, metrics, folder, cfg)
+    entries.update(scorer_entries)
+    opened.update(scorers)
     test_latents = write_test_latents(folder, test_images, test_labels, opened)
     validation_images, _ = load_split(paths.dataset, "validation", cfg.data)
     validation_scores = write_validation_scores(folder, validation_images, opened)

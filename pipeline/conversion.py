@@ -29,7 +29,7 @@ IO_NAMES = {
     "denoiser": ("images", ("pixels",)),
 }
 BATCH_DIM = "batch"
-ORT_DTYPES = {"tensor(float)": "float32"}
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(bool)": "bool"}
 
 
 class ExportError(RuntimeError):
