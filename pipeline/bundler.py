@@ -10,7 +10,8 @@ pixels, checked on noisy test digits), the anomaly scorers ``ae_scorer.onnx`` an
 under ``keras/``, ``validation_scores.npz`` (the validation digits' AE and VAE scores by the
 exported models: the reference of the runtime's p-values), ``test_latents.npz`` (the test
 digits' latent positions and labels, for plots and the latent explorer) and ``manifest.json``
-(checksums, shapes, thresholds, latent boxes, versions).
+(checksums, shapes, thresholds, latent boxes, versions). Every ONNX file carries its own
+description in its metadata (``write_metadata``).
 Encoder and decoder are converted separately: the VAE's ``Sampling`` layer has no ONNX
 equivalent. Every ONNX model must match Keras, element-wise within
 ``parity_atol + parity_rtol * max|Keras|`` (the output's largest magnitude), on
@@ -41,10 +42,12 @@ from pipeline.config import Config
 from pipeline.conversion import (
     ExportError,
     OnnxModel,
+    describe,
     export_checked,
     keras_outputs,
     measure_drift,
     quantize,
+    set_metadata,
 )
 from pipeline.data import load_split
 from pipeline.measures import add_noise
@@ -224,6 +227,22 @@ def export_scorers(
     return entries, scorers
 
 
+def write_metadata(
+    paths: Paths, entries: dict[str, dict[str, Any]], opened: dict[str, OnnxModel]
+) -> None:
+    """Every ONNX file describes itself in its ``metadata_props`` (``conversion.describe``,
+    beside the scorers' own score, threshold and fpr); written before the files are hashed.
+
+    ``latent_dim`` is the model's own bottleneck: the bundle's latent size, or the denoiser's.
+    """
+    latent_dim = entries["vae_decoder"]["inputs"][0]["shape"][-1]
+    for role, entry in entries.items():
+        dim = latent_dim
+        if role == DENOISER:
+            dim = json.loads(paths.summary_file(DENOISER).read_text())["latent_dim"]
+        set_metadata(opened[role], describe(role, entry, dim, FORMAT_VERSION))
+
+
 def copy_keras_models(paths: Paths, folder: Path) -> None:
     """Every ``.keras`` file of the three models into ``folder/keras/`` as ``<kind>_<name>``."""
     keras_dir = folder / "keras"
@@ -266,6 +285,7 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     for key, entry in entries.items():
         entry.update(opened[key].io_spec())
         entry["opset"] = opened[key].opset
+    write_metadata(paths, entries, opened)
     copy_keras_models(paths, folder)
     files = {
         p.relative_to(folder).as_posix(): _file_entry(p)

@@ -30,6 +30,11 @@ IO_NAMES = {
 }
 BATCH_DIM = "batch"
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(bool)": "bool"}
+# what each graph input expects, by its name (the metadata's ``input_scaling``)
+INPUT_SCALING = {
+    "images": "float32 in [0, 1]; uint8 / 255",
+    "z": "float32 latent vectors as the encoder outputs them, unscaled (VAE prior: N(0, I))",
+}
 
 
 class ExportError(RuntimeError):
@@ -78,6 +83,44 @@ class OnnxModel:
         """The default-domain opset the file declares (quantization may add other domains)."""
         imports = self.proto.opset_import
         return next(int(op.version) for op in imports if op.domain in ("", "ai.onnx"))
+
+
+def describe(role: str, entry: dict[str, Any], latent_dim: int, format_version: int) -> dict:
+    """The metadata every exported ONNX file carries, as strings: its role and precision, its
+    input and outputs (shapes with the batch axis as ``n``), what the input expects, the
+    latent size and the bundle's format version.
+
+    entry: the model's manifest entry (``precision`` and ``OnnxModel.io_spec()``'s inputs and
+    outputs); latent_dim: the model's bottleneck.
+    """
+
+    def shape(arg: dict[str, Any]) -> str:
+        return ",".join("n" if d == BATCH_DIM else str(d) for d in arg["shape"])
+
+    first = entry["inputs"][0]
+    return {
+        "role": role,
+        "precision": entry["precision"],
+        "latent_dim": str(latent_dim),
+        "input": first["name"],
+        "input_shape": shape(first),
+        "input_scaling": INPUT_SCALING.get(first["name"], first["dtype"]),
+        "outputs": "; ".join(f"{o['name']} ({shape(o)}) {o['dtype']}" for o in entry["outputs"]),
+        "bundle_format_version": str(format_version),
+    }
+
+
+def set_metadata(onnx_model: OnnxModel, props: dict[str, str]) -> None:
+    """Add ``props`` to the file's ``metadata_props`` (keeping its other keys) and save it
+    again; onnxruntime reads them with ``get_modelmeta().custom_metadata_map``."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx_model.proto
+    merged = {p.key: p.value for p in proto.metadata_props}
+    merged.update(props)
+    helper.set_model_props(proto, merged)
+    onnx.save(proto, onnx_model.path)
 
 
 def rename_tensors(proto: Any, renames: dict[str, str]) -> None:
