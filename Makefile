@@ -22,6 +22,7 @@ RT_PY := $(RUNTIME_VENV)/bin/python
 RT_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_RUN := build/smoke-run
 RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py \
+	tests/test_runtime_scorers.py \
 	tests/test_provenance.py tests/test_explorer.py tests/test_runtime_stream.py \
 	tests/test_runtime_denoise.py tests/test_runtime_explain.py tests/test_runtime_evaluate.py
 NODE_STAMP := node_modules/.installed

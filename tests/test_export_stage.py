@@ -25,12 +25,13 @@ NAMES = {
     "vae_decoder": (["z"], ["pixels"]),
     "denoiser": (["images"], ["pixels"]),
 }
+SCORERS = {f"{kind}_scorer": (["images"], ["score", "anomaly"]) for kind in ("ae", "vae")}
 
 
 def test_onnx_models_have_readable_names_dynamic_batch_and_opset(smoke_run: Path):
     import onnx
 
-    for role, (inputs, outputs) in NAMES.items():
+    for role, (inputs, outputs) in {**NAMES, **SCORERS}.items():
         for suffix in (".onnx", ".int8.onnx") if role.endswith("decoder") else (".onnx",):
             model = onnx.load(smoke_run / "export" / f"{role}{suffix}")
             onnx.checker.check_model(model)
@@ -76,7 +77,7 @@ def test_manifest_records_files_thresholds_boxes_and_config(smoke_run: Path):
     assert sha256_file(copy) == sha256_file(smoke_run / "denoiser" / "model.keras")
     assert manifest["models"]["denoiser"]["trained_on"]["sigma"] == cfg.denoiser.noise_sigma
     assert manifest["models"]["denoiser"]["outputs"][0]["shape"] == ["batch", 28, 28]
-    for role, (inputs, outputs) in NAMES.items():
+    for role, (inputs, outputs) in {**NAMES, **SCORERS}.items():
         entry = manifest["models"][role]
         assert [i["name"] for i in entry["inputs"]] == inputs
         assert [o["name"] for o in entry["outputs"]] == outputs
@@ -85,6 +86,61 @@ def test_manifest_records_files_thresholds_boxes_and_config(smoke_run: Path):
     record = json.loads((smoke_run / "stages" / "export.json").read_text())
     assert "export/manifest.json" in record["outputs"]
     assert "export/vae_decoder.int8.onnx" in record["outputs"]
+    assert "export/vae_scorer.onnx" in record["outputs"]
+    for kind in ("ae", "vae"):
+        entry = manifest["models"][f"{kind}_scorer"]
+        assert entry["threshold"] == metrics[f"{kind}.anomaly_threshold"]
+        assert entry["fpr"] == cfg.evaluate.anomaly_fpr
+        check = entry["check"]
+        assert check["inputs"] == check["clean"] + check["noisy"] == 2 * cfg.export.parity_samples
+        assert check["max_rel_diff"] <= check["rtol"] and check["anomaly_mismatches"] == 0
+        assert 0 < check["flagged"] < check["inputs"]  # both values of the flag were checked
+
+
+def test_scorers_join_the_exported_encoder_and_decoder(smoke_run: Path):
+    """A scorer holds its encoder's and decoder's weights unchanged and computes in double."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    export_dir = smoke_run / "export"
+    for kind in ("ae", "vae"):
+        scorer = onnx.load(export_dir / f"{kind}_scorer.onnx")
+        weights = {t.name: numpy_helper.to_array(t) for t in scorer.graph.initializer}
+        for part in ("encoder", "decoder"):
+            model = onnx.load(export_dir / f"{kind}_{part}.onnx")
+            for tensor in model.graph.initializer:
+                np.testing.assert_array_equal(
+                    weights[f"{part}/{tensor.name}"], numpy_helper.to_array(tensor)
+                )
+        casts = [a.i for n in scorer.graph.node if n.op_type == "Cast" for a in n.attribute]
+        assert TensorProto.DOUBLE in casts and casts[-1] == TensorProto.FLOAT
+        assert [n.op_type for n in scorer.graph.node][-2:] == ["Cast", "Greater"]
+        meta = {p.key: p.value for p in scorer.metadata_props}
+        assert meta["role"] == f"{kind}_scorer" and meta["input_shape"] == "n,28,28"
+
+
+def test_scorer_check_fails_when_the_scorer_disagrees(smoke_run: Path):
+    """The stage's check refuses a scorer whose flags or scores differ from export.scoring."""
+    from pipeline.conversion import ExportError, OnnxModel
+    from pipeline.scorers import check_scorer
+
+    export_dir = smoke_run / "export"
+    images, _ = load_split(smoke_run / "data" / "mnist.npz", "test")
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    opened = {
+        role: OnnxModel.open(export_dir / f"{role}.onnx")
+        for role in ("vae_encoder", "vae_decoder", "ae_decoder", "vae_scorer")
+    }
+    threshold = manifest["anomaly"]["vae"]["threshold"]
+    args = (opened["vae_scorer"], opened["vae_encoder"])
+    record = check_scorer("vae", *args, opened["vae_decoder"], images, threshold)
+    assert record["anomaly_mismatches"] == 0 and record["max_rel_diff"] <= record["rtol"]
+    scores = np.sort(opened["vae_scorer"].run(images)[0])
+    lower = float(scores[len(scores) // 2])  # the scorer flags fewer than half of these
+    with pytest.raises(ExportError, match=r"vae_scorer: the scorer differs from export\.scoring"):
+        check_scorer("vae", *args, opened["vae_decoder"], images, lower)
+    with pytest.raises(ExportError, match=r"max relative score difference .* anomaly flags"):
+        check_scorer("vae", *args, opened["ae_decoder"], images, threshold)
 
 
 def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
