@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import run_export_cli  # tests/ is on sys.path (rootdir conftest)
+from conftest import REPO, run_export_cli  # tests/ is on sys.path (rootdir conftest)
 
 from export.bundle import Bundle
 from export.inputs import as_images
@@ -163,3 +165,24 @@ def test_info_lists_the_scorers(bundle: Bundle, tmp_path: Path):
         line = next(x for x in out.splitlines() if x.strip().startswith(f"{kind}_scorer "))
         assert f"{size:,} B" in line
         assert "images('batch', 28, 28) -> score('batch',), anomaly('batch',)" in line
+
+
+def test_readme_scorer_example_runs_as_written(export_run: Path, tmp_path: Path):
+    """The Python example of "Anomaly scores in one ONNX graph", on the smoke bundle."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Anomaly scores in one ONNX graph", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "import export" not in code and "from export" not in code  # onnxruntime alone
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "export").symlink_to(export_run / "export")
+    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
+        digits = npz["test_images"]
+    np.save(tmp_path / "digits.npy", digits)
+    (tmp_path / "example.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "-P", "example.py"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    flagged = float(np.mean(Bundle.load(export_run / "export").is_anomaly(digits, "vae")))
+    assert proc.stdout.startswith("negative_elbo: ")
+    assert proc.stdout.rstrip().endswith(f": {flagged:.2%} flagged")
