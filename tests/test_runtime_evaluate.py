@@ -148,7 +148,13 @@ def test_a_labels_file_and_a_label_column_give_the_same_numbers(scored_folders: 
 def test_parquet_scores_and_a_given_threshold(
     scored_folders: Path, bundle_dir: str, digits: tuple[np.ndarray, np.ndarray]
 ):
-    pytest.importorskip("pyarrow")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:  # the core runtime: Parquet is the optional [parquet] extra
+        (scored_folders / "fake.parquet").write_bytes(b"PAR1" + bytes(64) + b"PAR1")
+        proc = cli(["evaluate", "fake.parquet", "--label-from-folder"], scored_folders, check=False)
+        assert proc.returncode == 2 and "reading it needs pyarrow" in proc.stderr
+        return
     cli(
         ["score", "digits/normal", "digits/anomaly", "--bundle", bundle_dir, "--out", "s.parquet"],
         scored_folders,
