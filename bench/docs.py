@@ -247,6 +247,13 @@ def vae_choices_block(path: Path) -> str:
     return render(lines) + "\n" + (f"\n{summary}\n" if summary else "")
 
 
+def stream_memory_block(path: Path) -> str:
+    """``bench/stream_memory.py``'s last run (its JSON), as the script printed it."""
+    from bench.stream_memory import render as render_run
+
+    return "```\n" + render_run(read_json(path)) + "\n```\n"
+
+
 def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
     """``text`` with every generated block named in ``blocks`` rewritten."""
 
@@ -269,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "bench" / "vae_choices.jsonl",
         help="bench/vae_choices.py results",
     )
+    parser.add_argument(
+        "--stream-memory",
+        type=Path,
+        default=REPO / "bench" / "stream_memory.json",
+        help="bench/stream_memory.py results",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a block would change")
     args = parser.parse_args(argv)
     blocks: dict[str, Callable[[], str]] = {
@@ -283,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks["binarized"] = lambda: binarized_block(args.binarized)
     if args.choices.is_file():
         blocks["vae-choices"] = lambda: vae_choices_block(args.choices)
+    if args.stream_memory.is_file():
+        blocks["stream-memory"] = lambda: stream_memory_block(args.stream_memory)
     stale = []
     for doc in (REPO / "README.md", REPO / "BENCHMARKS.md"):
         text = doc.read_text()

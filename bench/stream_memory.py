@@ -92,6 +92,38 @@ def in_memory_rate(
     return float(proc.stdout.strip())
 
 
+def render(report: dict[str, Any]) -> str:
+    """The run's description and table, as printed (and as ``bench/docs.py`` writes it into
+    BENCHMARKS.md from the JSON)."""
+    results, baseline = report["results"], report["in_memory_images_per_s"]
+    base = results[0]["peak_rss_kib"]
+    lines = [
+        f"machine: {report['machine']}",
+        f"python -m export score images.npy (x repeats) --model {report['model']} "
+        f"--batch-size {report['batch_size']}",
+        *(f"  {r['summary']}" for r in results),
+        f"peak RSS measured with {results[0]['method']}; .npy on disk "
+        f"{report['npy_bytes'] / 1e6:,.0f} MB",
+        f"baseline: Bundle.score on {report['in_memory_images']:,} in-memory float32 images, "
+        f"batches of {report['batch_size']}: {baseline:,.0f} images/s (median of 3)",
+        "",
+    ]
+    rows = [
+        [
+            f"{r['images']:,}",
+            r["repeats"],
+            f"{r['seconds']:.1f}",
+            f"{r['scoring_images_per_s']:,.0f}",
+            f"{r['peak_rss_kib'] / 1024:,.0f} MiB",
+            f"{r['scoring_images_per_s'] / baseline:.2f}",
+            f"{r['peak_rss_kib'] / base:.3f}",
+        ]
+        for r in results
+    ]
+    header = ["images", "file given", "wall s", "scoring images/s", "peak RSS", "vs in-memory"]
+    return "\n".join(lines) + "\n" + table([*header, "RSS ratio"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")
@@ -133,31 +165,6 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch)
     base = results[0]["peak_rss_kib"]
-    print(f"machine: {machine()}")
-    print(f"python -m export score images.npy (x repeats) --model {args.model} "
-          f"--batch-size {args.batch_size}")  # fmt: skip
-    for r in results:
-        print(f"  {r['summary']}")
-    print(f"peak RSS measured with {results[0]['method']}; .npy on disk {size / 1e6:,.0f} MB")
-    print(
-        f"baseline: Bundle.score on {baseline_images:,} in-memory float32 images, batches of "
-        f"{args.batch_size}: {baseline:,.0f} images/s (median of 3)"
-    )
-    print()
-    rows = [
-        [
-            f"{r['images']:,}",
-            r["repeats"],
-            f"{r['seconds']:.1f}",
-            f"{r['scoring_images_per_s']:,.0f}",
-            f"{r['peak_rss_kib'] / 1024:,.0f} MiB",
-            f"{r['scoring_images_per_s'] / baseline:.2f}",
-            f"{r['peak_rss_kib'] / base:.3f}",
-        ]
-        for r in results
-    ]
-    header = ["images", "file given", "wall s", "scoring images/s", "peak RSS", "vs in-memory"]
-    print(table([*header, "RSS ratio"], rows))
     report = {
         "machine": machine(),
         "model": args.model,
@@ -169,6 +176,7 @@ def main() -> None:
         "results": results,
         "rss_ratio_vs_first": [r["peak_rss_kib"] / base for r in results],
     }
+    print(render(report))
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
 

@@ -33,7 +33,7 @@ PRECISIONS = ("fp32", "int8")
 SCORES = {"ae": "reconstruction_mse", "vae": "negative_elbo"}
 DENOISER = "denoiser"  # its role in the manifest; bundles exported before it have none
 # rows per session.run call: ONNX Runtime plans its buffers for the rows of a call, so this
-# bounds its memory (4096: a 280 MiB scorer, 1024: 187 MiB, and no slower; bench/stream_memory.py)
+# bounds its memory (1024 rows: a third less peak RSS than 4096 when scoring, and no slower)
 BATCH = 1024
 
 
