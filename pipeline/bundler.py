@@ -4,8 +4,9 @@
 
 Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 ``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
-decoders ``*_decoder.int8.onnx`` (dynamic quantization), ``denoiser.onnx`` (noisy images ->
-pixels, checked on noisy test digits), the anomaly scorers ``ae_scorer.onnx`` and
+decoders ``*_decoder.int8.onnx`` (of several quantizations, the one with the least drift:
+``pipeline.quantization``), ``denoiser.onnx`` (noisy images -> pixels, checked on noisy test
+digits), the anomaly scorers ``ae_scorer.onnx`` and
 ``vae_scorer.onnx`` (images -> score, anomaly; ``pipeline.scorers``), the ``.keras`` models
 under ``keras/``, ``validation_scores.npz`` (the validation digits' AE and VAE scores by the
 exported models: the reference of the runtime's p-values), ``test_latents.npz`` (the test
@@ -141,12 +142,18 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 
 def export_autoencoder(
-    kind: str, models: dict[str, Any], images: np.ndarray, folder: Path, cfg: Config
+    kind: str,
+    models: dict[str, Any],
+    images: np.ndarray,
+    folder: Path,
+    cfg: Config,
+    calibration: np.ndarray,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, OnnxModel], dict[str, dict[str, float]]]:
     """The encoder and decoder of ``kind`` ("ae" or "vae") as ONNX, and the decoder's int8 copy.
 
     images: (n, 28, 28) the parity digits; the decoder is checked on their latents plus
-    ``PRIOR_SAMPLES`` prior draws. Returns (manifest entries, opened files, parity records),
+    ``PRIOR_SAMPLES`` prior draws. calibration: (m, 28, 28) the validation digits, whose
+    latents the int8 candidates are calibrated on (``pipeline.quantization``). Returns (manifest entries, opened files, parity records),
     each keyed by role ("vae_encoder", "vae_decoder", "vae_decoder_int8").
     """
     encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
@@ -159,15 +166,19 @@ def export_autoencoder(
     if not cfg.export.int8:
         return entries, opened, parity
     fp32 = opened[f"{kind}_decoder"]
-    int8, method = quantize(fp32, folder / f"{kind}_decoder.int8.onnx")
-    opened[f"{kind}_decoder_int8"] = int8
     # the latents a deployment would decode: the exported encoder's, plus prior draws
     z_ort = _latent_inputs(opened[f"{kind}_encoder"].run(images)[0], cfg.train.seed)
+    # calibration: the validation digits' latents and other prior draws
+    z_cal = _latent_inputs(opened[f"{kind}_encoder"].run(calibration)[0], cfg.train.seed + 1)
+    int8, method, choice = quantize(fp32, folder / f"{kind}_decoder.int8.onnx", z_cal, z_ort)
+    opened[f"{kind}_decoder_int8"] = int8
     drift = measure_drift(fp32, int8, z_ort)
+    choice["calibration"] = {"validation_digits": len(calibration), "prior_draws": PRIOR_SAMPLES}
     entries[f"{kind}_decoder_int8"] = {
         "file": int8.path.name,
         "precision": "int8",
         "quantization": method,
+        "quantization_choice": choice,
         "drift_vs_fp32": {
             **drift,
             "test_digits": len(images),
@@ -262,13 +273,14 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     models = load_models(paths)
     test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
     images = test_images[: cfg.export.parity_samples]
+    validation_images, _ = load_split(paths.dataset, "validation", cfg.data)
 
     entries: dict[str, dict[str, Any]] = {}
     opened: dict[str, OnnxModel] = {}  # each saved file's one session, keyed like ``entries``
     parity: dict[str, dict[str, float]] = {}
     for kind in KINDS:
         kind_entries, kind_opened, kind_parity = export_autoencoder(
-            kind, models, images, folder, cfg
+            kind, models, images, folder, cfg, validation_images
         )
         entries.update(kind_entries)
         opened.update(kind_opened)
@@ -280,7 +292,6 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     entries.update(scorer_entries)
     opened.update(scorers)
     test_latents = write_test_latents(folder, test_images, test_labels, opened)
-    validation_images, _ = load_split(paths.dataset, "validation", cfg.data)
     validation_scores = write_validation_scores(folder, validation_images, opened)
     for key, entry in entries.items():
         entry.update(opened[key].io_spec())

@@ -98,7 +98,7 @@ class ExportConfig:
     parity_samples: int = 1_000
     parity_atol: float = 1e-5  # ORT vs Keras: |diff| <= parity_atol + parity_rtol * max|Keras|
     parity_rtol: float = 1e-6  # float32 keeps ~7 digits, relative to the output's range
-    int8: bool = True  # also write dynamically quantized int8 decoders
+    int8: bool = True  # also write int8 decoders (pipeline.quantization chooses how)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Keras models to ONNX: conversion with readable names, parity against Keras, int8 quantization.
 
     onnx_model, parity = export_checked(model, "vae_decoder", z, folder, cfg)
-    int8, method = quantize(onnx_model, folder / "vae_decoder.int8.onnx")
+    int8, method, choice = quantize(onnx_model, folder / "vae_decoder.int8.onnx", z_cal, z)
     drift = measure_drift(onnx_model, int8, z)
 
 Every saved file is opened once, as an ``OnnxModel``: one ONNX Runtime session and the proto
@@ -228,27 +228,19 @@ def export_checked(
     return onnx_model, parity
 
 
-def quantize(fp32: OnnxModel, int8: Path) -> tuple[OnnxModel, str]:
-    """Dynamic int8 quantization: weights stored as 8-bit, activations quantized at run time.
+def quantize(
+    fp32: OnnxModel, int8: Path, calibration: np.ndarray, check: np.ndarray
+) -> tuple[OnnxModel, str, dict[str, Any]]:
+    """The int8 copy of a decoder, chosen by measured drift (``pipeline.quantization``).
 
-    Per-channel weight scales, and the first MatMul (latent -> hidden) kept in float: its input
-    is the raw latent, whose range (an AE latent spans about +-90) would leave few of the 256
-    levels for typical values, while its weights are a few hundred numbers. Measured on the
-    default run, this cut the VAE decoder's max pixel drift from 0.30 to 0.06. Returns the
-    opened int8 file and a description for the manifest.
+    calibration: latents (n, d) the static and GPTQ candidates calibrate on (validation digits'
+    latents and prior draws); check: latents the candidates' drift is measured on. Returns the
+    opened int8 file, its method's description and the record of the choice (every candidate's
+    drift and size, and whether the one kept meets ``pipeline.quantization.TARGETS``).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from pipeline.quantization import choose
 
-    graph = fp32.proto.graph
-    first = [n.name for n in graph.node if graph.input[0].name in n.input]
-    quantize_dynamic(
-        fp32.path, int8, weight_type=QuantType.QUInt8, per_channel=True, nodes_to_exclude=first
-    )
-    method = (
-        "onnxruntime quantize_dynamic: uint8 weights with per-channel scales, activations "
-        f"quantized per batch at run time; kept in float32: {first}"
-    )
-    return OnnxModel.open(int8), method
+    return choose(fp32, int8, calibration, check)
 
 
 def measure_drift(fp32: OnnxModel, int8: OnnxModel, z: np.ndarray) -> dict[str, float]:
