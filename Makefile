@@ -24,7 +24,8 @@ SMOKE_RUN := build/smoke-run
 RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py \
 	tests/test_runtime_scorers.py \
 	tests/test_provenance.py tests/test_explorer.py tests/test_runtime_stream.py \
-	tests/test_runtime_denoise.py tests/test_runtime_explain.py tests/test_runtime_evaluate.py
+	tests/test_runtime_denoise.py tests/test_runtime_explain.py tests/test_runtime_evaluate.py \
+	tests/test_edge.py
 NODE_STAMP := node_modules/.installed
 BEAM_VENV ?= .venv-beam
 BEAM_PY := $(BEAM_VENV)/bin/python

@@ -10,6 +10,7 @@
     python -m export denoise noisy.npy --out clean.npy          # or clean.png (one grid), clean/
     python -m export verify digits.png                        # was it made by this bundle?
     python -m export explorer --out site/ --serve             # the latent plane in a browser
+    python -m export edge --out edge/                         # ORT-format models for devices
     python -m export score big.npy --batch-size 4096 --out scores.parquet --threads 8
     python -m export evaluate scores.csv --label-from-folder --bundle artifacts/export
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import evaluation, explorer, provenance
+from export import edge, evaluation, explorer, provenance
 from export.bundle import MODELS, PRECISIONS, Bundle, BundleError
 from export.files import atomic_folder, atomic_path, write_json_atomic
 from export.images import save_grid
@@ -429,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{evaluation.DEFAULT_FPR})",
     )
     ev.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
+    edge.add_parser(sub, bundle_arg)
     return parser
 
 
@@ -476,6 +478,7 @@ OWN_BUNDLE = {  # they load the bundle themselves (evaluate only with --bundle)
     "verify": cmd_verify,
     "explorer": cmd_explorer,
     "evaluate": cmd_evaluate,
+    "edge": edge.command,
 }
 
 
