@@ -7,9 +7,11 @@
 # Pillow; no TensorFlow), and runs the runtime's tests and CLI there against the export bundle
 # of the smoke run that the main test suite writes to build/smoke-run.
 #
-# make browser-deps installs what the latent explorer's tests need: onnxruntime-web and
-# playwright-core from npm (npm ci, pinned by package-lock.json, no install scripts) and Debian's
-# chromium (apt-get, as root, when /usr/bin/chromium is missing). No browser is downloaded.
+# make browser-deps installs what the latent explorer's and the Node client's tests need:
+# onnxruntime-web, playwright-core and onnxruntime-node from npm (npm ci, pinned by
+# package-lock.json, no install scripts: onnxruntime-node's CPU binaries are in its package, its
+# install script only fetches CUDA ones) and Debian's chromium (apt-get, as root, when
+# /usr/bin/chromium is missing). No browser is downloaded.
 # It builds .venv-beam too (the core runtime plus the beam and parquet extras, no TensorFlow:
 # apache-beam pins protobuf below TensorFlow's) and runs the Beam scoring tests there.
 
@@ -25,7 +27,7 @@ RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests
 	tests/test_runtime_scorers.py \
 	tests/test_provenance.py tests/test_explorer.py tests/test_runtime_stream.py \
 	tests/test_runtime_denoise.py tests/test_runtime_explain.py tests/test_runtime_evaluate.py \
-	tests/test_edge.py
+	tests/test_edge.py tests/test_node_client.py
 NODE_STAMP := node_modules/.installed
 BEAM_VENV ?= .venv-beam
 BEAM_PY := $(BEAM_VENV)/bin/python
@@ -47,7 +49,7 @@ $(STAMP): pyproject.toml
 # the runtime-only environment: a non-editable install of the package without extras
 runtime-venv: $(RT_STAMP)
 
-$(RT_STAMP): pyproject.toml $(wildcard export/*.py export/web/*)
+$(RT_STAMP): pyproject.toml $(wildcard export/*.py export/web/* export/node/*)
 	test -x $(RT_PY) || $(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RT_PY) -m pip install --quiet --upgrade pip
 	$(RT_PY) -m pip install --quiet . pytest
