@@ -22,6 +22,7 @@ from conftest import run_export_cli as cli  # tests/ is on sys.path (rootdir con
 from PIL import Image
 
 from export.bundle import Bundle
+from export.files import sha256_file
 from export.images import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,3 +188,58 @@ def test_the_edge_folder_gives_the_same_numbers(
     cli(["edge", "--bundle", str(bundle_dir), "--out", str(edge)], tmp_path)
     check_decode(edge, tmp_path)
     check_scores(edge, digits[:8], tmp_path)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None, reason="onnx is needed to build a scorer graph"
+)
+def test_a_scorer_graph_is_run_when_the_bundle_has_one(
+    bundle_dir: Path, digits: np.ndarray, tmp_path: Path
+):
+    """A stand-in scorer (images -> score = sum of pixels, anomaly = score > 100) added to a copy
+    of the bundle: at fp32 the client prints the graph's numbers, at int8 its own."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["images", "axes"], ["score"], keepdims=0),
+            helper.make_node("Greater", ["score", "limit"], ["anomaly"]),
+        ],
+        "stand_in_scorer",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 28, 28])],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("anomaly", TensorProto.BOOL, ["batch"]),
+        ],
+        [
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+            numpy_helper.from_array(np.array(100.0, np.float32), "limit"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, copy / "vae_scorer.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["models"]["vae_scorer"] = {"file": "vae_scorer.onnx", "precision": "fp32"}
+    manifest["files"]["vae_scorer.onnx"] = {
+        "sha256": sha256_file(copy / "vae_scorer.onnx"),
+        "bytes": (copy / "vae_scorer.onnx").stat().st_size,
+    }
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "digits.npy", digits)
+    images = digits.astype(np.float32) / np.float32(255.0)
+    for precision, expected, via in (
+        ("fp32", images.sum(axis=(1, 2), dtype=np.float32), "vae_scorer"),
+        ("int8", Bundle.load(bundle_dir, "int8").score(digits), "vae_encoder + vae_decoder_int8"),
+    ):
+        proc = node(
+            ["score", "--bundle", str(copy), "--precision", precision, "--json",
+             str(tmp_path / "digits.npy")],
+            tmp_path,
+        )  # fmt: skip
+        rows = json.loads(proc.stdout)["results"]
+        assert {r["via"] for r in rows} == {via}
+        np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=SCORE_RTOL)
