@@ -157,8 +157,8 @@ def export_sizes_block(run: Path) -> str:
     manifest = read_json(run / "export" / "manifest.json")
     files, models = manifest["files"], manifest["models"]
     lines = [
-        "| model | fp32 | int8 | mean drift | max drift (one batch) | max drift (one latent at a time) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | fp32 | int8 | int8 method | mean drift | max drift (one batch) | max drift (one latent at a time) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind in ("vae", "ae"):
         fp32 = files[models[f"{kind}_decoder"]["file"]]["bytes"]
@@ -166,9 +166,10 @@ def export_sizes_block(run: Path) -> str:
         if int8_model is None:
             continue
         int8, drift = files[int8_model["file"]]["bytes"], int8_model["drift_vs_fp32"]
+        method = int8_model.get("quantization_choice", {}).get("method", "dynamic")
         lines.append(
-            f"| {kind.upper()} decoder | {fp32:,} B | {int8:,} B ({int8 / fp32:.0%}) | "
-            f"{drift['mean_abs']:.4f} | {drift['max_abs']:.3f} | {drift['max_abs_one_at_a_time']:.3f} |"
+            f"| {kind.upper()} decoder | {fp32:,} B | {int8:,} B ({int8 / fp32:.0%}) | `{method}` | "
+            f"{drift['mean_abs']:.5f} | {drift['max_abs']:.4f} | {drift['max_abs_one_at_a_time']:.4f} |"
         )
     parity = manifest["parity"]
     worst = max(parity["models"].items(), key=lambda item: item[1]["worst_ratio_to_tolerance"])
@@ -178,6 +179,34 @@ def export_sizes_block(run: Path) -> str:
         f"model is {max(m['max_abs_diff'] for m in parity['models'].values()):.2g} "
         f"({worst[0]}: {worst[1]['worst_ratio_to_tolerance']:.0%} of its allowance).",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def quantization_block(run: Path) -> str:
+    """Every int8 candidate the export stage measured for each decoder, and the one it kept."""
+    manifest = read_json(run / "export" / "manifest.json")
+    config = read_json(run / "run.json")["config"]
+    model, train = config["model"], config["train"]
+    shape = model["hidden_units"] if model["architecture"] == "mlp" else model["conv_filters"]
+    epochs = {k: read_json(run / k / "summary.json")["epochs_run"] for k in ("ae", "vae")}
+    lines = [
+        f"{model['architecture']} {shape}, latent {model['latent_dim']}, "
+        f"{epochs['ae']} (AE) and {epochs['vae']} (VAE) epochs of a budget of {train['epochs']}:",
+        "",
+        "| decoder | method | mean drift | max drift | size of fp32 | within the targets | kept |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind in ("vae", "ae"):
+        choice = manifest["models"].get(f"{kind}_decoder_int8", {}).get("quantization_choice")
+        if choice is None:
+            continue
+        for row in choice["candidates"]:
+            worst = max(row["max_abs"], row["max_abs_one_at_a_time"])
+            lines.append(
+                f"| {kind.upper()} | `{row['method']}` | {row['mean_abs']:.5f} | {worst:.4f} | "
+                f"{row['size_ratio']:.0%} | {'yes' if row['within_targets'] else 'no'} | "
+                f"{'**kept**' if row['method'] == choice['method'] else ''} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -270,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="the default run's --out")
     parser.add_argument("--binarized", type=Path, help="a run of configs/binarized.toml")
+    parser.add_argument("--conv", type=Path, help="a run with model.architecture=conv")
     parser.add_argument(
         "--choices",
         type=Path,
@@ -289,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": lambda: metrics_block(args.run),
         "verdicts": lambda: verdicts_block(args.run),
         "export-sizes": lambda: export_sizes_block(args.run),
+        "quantization-mlp": lambda: quantization_block(args.run),
         "manifest-excerpt": lambda: manifest_excerpt_block(args.run),
         "runtime-scores": lambda: runtime_scores_block(args.run),
     }
     if args.binarized:
         blocks["binarized"] = lambda: binarized_block(args.binarized)
+    if args.conv:
+        blocks["quantization-conv"] = lambda: quantization_block(args.conv)
     if args.choices.is_file():
         blocks["vae-choices"] = lambda: vae_choices_block(args.choices)
     if args.stream_memory.is_file():

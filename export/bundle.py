@@ -6,7 +6,7 @@
     flags = bundle.is_anomaly(images, model="vae")      # (n,) bool at the calibrated threshold
     clean = bundle.denoise(noisy_images)                # (n, 28, 28) float32: the denoiser
 
-``precision="int8"`` swaps in the dynamically quantized decoders (encoders stay fp32). The
+``precision="int8"`` swaps in the int8 decoders (encoders stay fp32). The
 anomaly thresholds were calibrated with the fp32 models; int8 scores move by the recorded drift.
 """
 
