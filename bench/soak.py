@@ -4,32 +4,43 @@ The killed-and-resumed result must be bit for bit the one of a run that was neve
 
     nice -n 10 .venv/bin/python bench/soak.py --kills 100 --mirror ../shared/data/mnist
     nice -n 10 .venv/bin/python bench/soak.py --kills 6 --out /tmp/soak --seed 1 --keep
+    .venv/bin/python bench/soak.py --render bench/soak.json     # the tables of an earlier run
 
 The pipeline is driven through its command line only (``run_pipeline.py --config C --out DIR
 --mirror M``), in fresh processes, as a user would run it.
 
 1. **Reference.** One uninterrupted run into ``OUT/reference``. Each stage's wall time (from its
-   ``run.json``) bounds the kill delays below; the stage names and their order come from there.
-2. **Kills.** The kills are spread over *passes*. A pass starts from an empty folder
-   (``OUT/killed-<n>``) and is brought to completion by the same command run again and again.
-   Each pass aims its kills at the stages in pipeline order, as evenly as its share of the kills
-   allows (the stages left over by an uneven share are drawn at random). For a kill aimed at a
-   stage, the command is started and its output watched for the runner's ``[stage] running``
-   line of that stage or, when that stage is already finished, of the first later stage that
-   runs; after a delay drawn uniformly between 0 and that stage's reference wall time, the
-   whole process group gets SIGKILL. A restarted stage may need less time than the reference
-   (training resumes from its last checkpoint, evaluate reuses a saved classifier), so a kill
-   can land in a later stage or after the last one has finished; each kill is counted for the
-   stage whose ``[name] running`` line was the last one printed before it (its output is read to
-   the end after the kill, so no line is missed), and counted as *between stages* when that
-   stage had already printed ``[name] done``. A pass ends when the command completes without
-   being killed (its unused aims go to the next pass) or when its aims are used up, after which
-   the command is run once more, uninterrupted, to finish it. Passes go on until ``--kills``
-   kills have landed. Every pass begins with a real ingest (tensorflow-datasets builds MNIST
-   from the mirror into the pass's own ``tfds/``, as in the reference), so ingest is hit once or
-   more per pass without removing or forcing anything; a kill during that build leaves whatever
-   tfds left for the next attempt to cope with (the ``incomplete.*`` folders it leaves are
-   listed in the JSON as ``tfds_leftovers``, not compared).
+   ``run.json``) is the first bound of the kill delays below; the stage names and their order
+   come from there too.
+2. **Kills.** ``--kills`` is shared over the stages as evenly as it divides (the stages that get
+   one more are drawn): each stage is owed that many kills. The kills are spread over *passes*.
+   A pass starts from an empty folder (``OUT/killed-<n>``) and is brought to completion by the
+   same command run again and again. Each invocation is watched for the runner's
+   ``[stage] running`` lines: at the first one of a stage still owed a kill, and killed fewer
+   than ``--per-pass`` times in this pass, a delay is drawn uniformly between 0 and that
+   stage's wall time, then the whole process group gets SIGKILL; stages owed nothing run on
+   untouched. The wall time is the reference's until the stage is seen to finish in the soak,
+   then the one it printed (``[name] done in N s``) the last time it finished, so the delays
+   follow the load of the shared machine rather than the load during the reference run. A
+   restarted stage may need less time than that (training resumes from its last checkpoint,
+   evaluate reuses a classifier it had saved, ingest finds tfds' build done) and finish before
+   its kill comes. If another stage owed a kill starts before then, the kill is aimed at that
+   one instead, with a new delay drawn for it (the first stage is counted as *escaped*);
+   otherwise the kill lands in whatever runs at that moment: a stage owed nothing, the gap
+   after a ``[name] done`` line (between stages, or while the runner writes ``run.json`` after
+   the last one), or nothing when the command completes first. Each kill is counted for the
+   stage whose ``[name] running`` line was the last one printed before it (the output is read
+   to its end after the kill, so no line is missed), marked *after its done line* when that
+   stage had printed it, and charged to that stage's quota (to the aimed stage's when the
+   landed one is owed nothing). A pass ends when an invocation completes;
+   passes go on until every quota is used up, the last one finished by an invocation that is
+   not killed. While ingest is owed kills, a pass begins with a real ingest
+   (tensorflow-datasets builds MNIST from the mirror into the pass's own ``tfds/``, as in the
+   reference), so ingest is hit again in each pass without removing or forcing anything; a kill
+   during that build leaves whatever tfds left for the next invocation to cope with (the
+   ``incomplete.*`` folders it leaves are listed in the JSON as ``tfds_leftovers``, not
+   compared). Once ingest is owed nothing, a pass starts with a copy of the reference's
+   ``tfds/`` and nothing else, so its ingest only reads that cache.
 3. **Comparison.** Each finished pass is compared with the reference, file by file (everything
    under the run folder except ``tfds/``, tensorflow-datasets' cache, and ``.lock``):
 
@@ -96,7 +107,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +123,14 @@ DEFAULT_CONFIG = REPO / "configs" / "smoke.toml"
 DEFAULT_JSON = REPO / "bench" / "soak.json"
 MARKER = ".soak"  # in --out: the folder is this script's, its run folders may be replaced
 EXCLUDED = ("tfds", ".lock")  # top-level entries of a run folder that are not compared
+INGEST = "ingest"  # the stage that builds tensorflow-datasets' cache under tfds/
 ONNX_BATCH = 64
 LATENT_SCALE = 2.0
+DIFFERENCES_SHOWN = 6  # below the tables; the JSON lists them all
 ATTEMPT_TIMEOUT_S = 900.0  # a stage line (or the end) that never comes fails the soak
 
 RUNNING = re.compile(r"^\[(?P<stage>[A-Za-z0-9_]+)\] running\s*$")
-DONE = re.compile(r"^\[(?P<stage>[A-Za-z0-9_]+)\] done in ")
+DONE = re.compile(r"^\[(?P<stage>[A-Za-z0-9_]+)\] done in (?P<seconds>[0-9.]+) s")
 REPORT_MASKS = (
     (re.compile(r"Created [0-9T:+\-.Z]+"), "Created <time>"),
     (
@@ -588,34 +601,26 @@ class Child:
         with self.cond:
             self.cond.notify_all()
 
-    def wait_for_running(self, stages: list[str], timeout: float) -> tuple[float, str] | None:
-        """(time, stage) of the first ``[stage] running`` line of one of ``stages``; None when
-        the process ended without one. Raises TimeoutError."""
-        deadline = time.monotonic() + timeout
-        seen = 0
+    def next_running(
+        self, stages: list[str], after: int, deadline: float
+    ) -> tuple[str, tuple[float, str, int] | None]:
+        """Wait for a ``[stage] running`` line of one of ``stages`` among the lines from index
+        ``after`` on, until ``deadline`` (monotonic). Returns ("running", (time, stage, index
+        after that line)), ("deadline", None) or ("ended", None) when the process ended first."""
         with self.cond:
             while True:
-                for t, line in self.lines[seen:]:
+                for index in range(after, len(self.lines)):
+                    t, line = self.lines[index]
                     match = RUNNING.match(line)
                     if match and match["stage"] in stages:
-                        return t, match["stage"]
-                seen = len(self.lines)
+                        return "running", (t, match["stage"], index + 1)
+                after = len(self.lines)
                 if not self.reader.is_alive() and self.proc.poll() is not None:
-                    return None
+                    return "ended", None
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError
+                    return "deadline", None
                 self.cond.wait(min(left, 0.05))
-
-    def sleep_until(self, moment: float) -> bool:
-        """Wait until ``moment`` (monotonic); False if the process ended before."""
-        while True:
-            left = moment - time.monotonic()
-            if self.proc.poll() is not None:
-                return False
-            if left <= 0:
-                return True
-            time.sleep(min(left, 0.01))
 
     def kill(self) -> float | None:
         """SIGKILL the whole process group; the moment it was sent, None if it had ended."""
@@ -645,16 +650,18 @@ class Attempt:
 
     pass_no: int
     index: int  # invocation number within the pass, from 1
-    aimed: str | None  # the stage the kill was aimed at; None for the finishing run
+    aimed: str | None  # the stage whose running line started the delay; None: no kill aimed
     outcome: str  # killed | completed | failed | timeout
-    started_stage: str | None = None  # the stage whose running line started the delay
     delay_s: float | None = None
+    window_s: float | None = None  # the delay was drawn from [0, window_s]
+    escaped: list[str] = field(default_factory=list)  # target stages done before their kill
     landed: str | None = None  # the stage whose running line was the last before the kill
     between_stages: bool = False  # the landed stage had printed its done line
     into_stage_s: float | None = None  # kill time minus the landed stage's running line
     returncode: int | None = None
     seconds: float = 0.0
     log: str = ""
+    done: dict[str, float] = field(default_factory=dict)  # wall times of the stages it finished
 
 
 def _last_stage(text: str) -> tuple[str | None, bool]:
@@ -684,26 +691,33 @@ def attempt_once(
     log: Path,
     stages: list[str],
     durations: dict[str, float],
-    aimed: str | None,
+    targets: list[str],
     rng: random.Random,
     pass_no: int,
     index: int,
 ) -> Attempt:
-    """Run the command; unless ``aimed`` is None, kill it during that stage or a later one."""
+    """Run the command; kill it during the first of ``targets`` that runs (none: no kill)."""
     started = time.monotonic()
     child = Child(args, log, _child_env())
-    attempt = Attempt(pass_no, index, aimed, "failed", log=str(log))
+    attempt = Attempt(pass_no, index, None, "failed", log=str(log))
     killed_at = None
     try:
-        if aimed is not None:
-            later = stages[stages.index(aimed) :]
-            seen = child.wait_for_running(later, ATTEMPT_TIMEOUT_S)
-            if seen is not None:
-                moment, stage = seen
-                attempt.started_stage = stage
+        if targets:
+            event, seen = child.next_running(targets, 0, started + ATTEMPT_TIMEOUT_S)
+            if event == "deadline":
+                raise TimeoutError
+            while event == "running":
+                assert seen is not None
+                moment, stage, after = seen
+                if attempt.aimed is not None:
+                    attempt.escaped.append(attempt.aimed)  # it finished before its kill came
+                attempt.aimed = stage
+                attempt.window_s = durations[stage]
                 attempt.delay_s = round(rng.uniform(0.0, durations[stage]), 3)
-                if child.sleep_until(moment + attempt.delay_s):
-                    killed_at = child.kill()
+                later = targets[targets.index(stage) + 1 :]
+                event, seen = child.next_running(later, after, moment + attempt.delay_s)
+            if event == "deadline":
+                killed_at = child.kill()
         rc = child.finish(timeout=None if killed_at else ATTEMPT_TIMEOUT_S)
     except TimeoutError:
         child.kill()
@@ -714,6 +728,9 @@ def attempt_once(
         return attempt
     attempt.returncode = rc
     attempt.seconds = round(time.monotonic() - started, 2)
+    for line in child.text().splitlines():
+        if match := DONE.match(line):
+            attempt.done[match["stage"]] = float(match["seconds"])
     if killed_at is not None and rc == -signal.SIGKILL:
         attempt.outcome = "killed"
         landed, done = _last_stage(child.text())
@@ -727,11 +744,25 @@ def attempt_once(
     return attempt
 
 
-def allocate(kills: int, stages: list[str], rng: random.Random) -> list[str]:
-    """``kills`` aims over ``stages`` in pipeline order, as even as possible; extras drawn."""
+def allocate(kills: int, stages: list[str], rng: random.Random) -> dict[str, int]:
+    """``kills`` shared over ``stages`` as evenly as possible; the stages of the remainder drawn."""
     base, extra = divmod(kills, len(stages))
     lucky = set(rng.sample(range(len(stages)), extra))
-    return [s for i, s in enumerate(stages) for _ in range(base + (i in lucky))]
+    return {s: base + (i in lucky) for i, s in enumerate(stages)}
+
+
+def targets_of(owed: dict[str, int], budget: dict[str, int]) -> list[str]:
+    """The stages an invocation may be killed in: owed a kill overall and in this pass."""
+    return [s for s, n in owed.items() if n > 0 and budget.get(s, 0) > 0]
+
+
+def settle(owed: dict[str, int], budget: dict[str, int], aimed: str, landed: str) -> str:
+    """Count a kill aimed at ``aimed`` that landed in ``landed``: against the landed stage when
+    it is still owed kills, else against the aimed one. Returns the stage charged."""
+    charged = landed if owed.get(landed, 0) > 0 else aimed
+    owed[charged] -= 1
+    budget[charged] = max(0, budget.get(charged, 0) - 1)
+    return charged
 
 
 def tfds_leftovers(run: Path) -> dict[str, int]:
@@ -783,6 +814,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     logs.mkdir()
     config, mirror = args.config.resolve(), args.mirror.resolve()
     began = time.monotonic()
+    load_start = [round(x, 2) for x in os.getloadavg()]
 
     reference = out / "reference"
     print(f"reference: an uninterrupted run into {reference}", flush=True)
@@ -811,61 +843,69 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     attempts: list[Attempt] = []
     passes: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    kills = 0
+    owed = allocate(args.kills, stages, rng)
+    quota = dict(owed)
+    windows = dict(durations)  # each stage's latest wall time: the bound of its kill delays
     soak_began = time.monotonic()
     compare_seconds = 0.0
     pass_no = 0
-    while kills < args.kills and not failures:
+    barren = 0  # consecutive passes in which no kill landed
+    while sum(owed.values()) > 0 and not failures:
         pass_no += 1
         folder = out / f"killed-{pass_no}"
-        share = min(args.kills - kills, args.per_pass)
-        aims = allocate(share, stages, rng)
+        budget = {s: min(n, args.per_pass) for s, n in owed.items()}
+        cold = owed.get(INGEST, 0) > 0 or not (reference / "tfds").is_dir()
+        if not cold:  # no kill owed to ingest: skip rebuilding tfds' cache, it is not compared
+            shutil.copytree(reference / "tfds", folder / "tfds")
         pass_attempts: list[Attempt] = []
-        completed = False
-        for aim in [*aims, None]:  # None: the last, uninterrupted invocation
+        while True:  # invocations of the same command until one completes
             index = len(pass_attempts) + 1
             attempt = attempt_once(
                 pipeline_args(config, folder, mirror),
                 logs / f"killed-{pass_no}-{index:03d}.log",
                 stages,
-                durations,
-                aim,
+                windows,
+                targets_of(owed, budget),
                 rng,
                 pass_no,
                 index,
             )
             pass_attempts.append(attempt)
+            windows.update(attempt.done)  # the delays follow the stages' latest wall times
             if attempt.outcome == "killed":
-                kills += 1
+                assert attempt.aimed is not None and attempt.landed is not None
+                settle(owed, budget, attempt.aimed, attempt.landed)
+                kills = sum(a.outcome == "killed" for a in [*attempts, *pass_attempts])
                 where = attempt.landed + (
                     " (after its done line)" if attempt.between_stages else ""
                 )
                 print(
-                    f"  pass {pass_no} kill {kills}/{args.kills}: aimed at {aim}, "
-                    f"{attempt.delay_s:.2f} s after [{attempt.started_stage}] running, "
+                    f"  pass {pass_no} kill {kills}/{args.kills}: "
+                    f"{attempt.delay_s:.2f} s after [{attempt.aimed}] running, "
                     f"landed in {where} ({attempt.seconds:.1f} s)",
                     flush=True,
                 )
             elif attempt.outcome == "completed":
-                completed = True
                 break
             else:
                 failures.append({**asdict(attempt), "tail": Path(attempt.log).read_text()[-3000:]})
                 print(f"  pass {pass_no}: invocation {index} {attempt.outcome}: {attempt.log}")
                 break
         attempts += pass_attempts
-        if not completed:
-            break  # a failure: nothing finished to compare
+        if failures:
+            break  # nothing finished to compare
         started = time.monotonic()
         checks = compare_runs(reference, folder)
         compare_seconds += time.monotonic() - started
         equal = all(c.equal for c in checks)
+        pass_kills = sum(a.outcome == "killed" for a in pass_attempts)
         passes.append(
             {
                 "pass": pass_no,
                 "folder": str(folder),
+                "tfds_cache": "built" if cold else "copied from the reference",
                 "invocations": len(pass_attempts),
-                "kills": sum(a.outcome == "killed" for a in pass_attempts),
+                "kills": pass_kills,
                 "equal": equal,
                 "categories": summarize(checks),
                 "differences": [asdict(c) for c in checks if not c.equal],
@@ -874,14 +914,18 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         print(
-            f"pass {pass_no}: {passes[-1]['kills']} kills, {len(pass_attempts)} invocations, "
-            f"{'equal to' if equal else 'DIFFERS from'} the reference ({len(checks)} checks)",
+            f"pass {pass_no}: {pass_kills} kills, {len(pass_attempts)} invocations, "
+            f"{'equal to' if equal else 'DIFFERS from'} the reference ({len(checks)} checks); "
+            f"kills still owed: {', '.join(f'{s} {n}' for s, n in owed.items() if n) or 'none'}",
             flush=True,
         )
         if equal and not args.keep:
             shutil.rmtree(folder)
-        if passes[-1]["kills"] == 0:  # no delay is short enough to land: more passes won't help
-            failures.append({"pass_no": pass_no, "outcome": "no kill landed in a whole pass"})
+        barren = barren + 1 if pass_kills == 0 else 0
+        if barren == 3:  # the owed stages finish before any delay drawn for them ends
+            failures.append(
+                {"pass_no": pass_no, "outcome": f"no kill landed in 3 passes; still owed {owed}"}
+            )
     soak_seconds = time.monotonic() - soak_began - compare_seconds
 
     killed = [a for a in attempts if a.outcome == "killed"]
@@ -890,6 +934,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     hit.update({s: sum(a.landed == s for a in killed) for s in other})
     between = {s: sum(a.landed == s and a.between_stages for a in killed) for s in hit}
     aimed = {s: sum(a.aimed == s for a in killed) for s in stages}
+    escaped = {s: sum(a.escaped.count(s) for a in attempts) for s in stages}
     invocations = len(attempts)
     equal = bool(passes) and all(p["equal"] for p in passes) and not failures
     return {
@@ -899,6 +944,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "stages_hit": hit,
         "stages_hit_between": between,
         "stages_aimed": aimed,
+        "quota": quota,
+        "stages_escaped": escaped,
         "passes": len(passes),
         "invocations": invocations,
         "restarts": invocations - pass_no,
@@ -909,6 +956,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "config": str(args.config),
         "durations": {
             "reference_stage_seconds": durations,
+            "last_stage_seconds": windows,
             "reference_seconds": ref_attempt.seconds,
             "soak_seconds": round(soak_seconds, 1),
             "compare_seconds": round(compare_seconds, 1),
@@ -920,30 +968,41 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         },
         "versions": {"pipeline": ref_info.get("versions", {}), "soak": _versions()},
         "machine": machine(),
+        "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "attempts": [asdict(a) for a in attempts],
     }
 
 
 def render(summary: dict[str, Any]) -> str:
     stages = list(summary["stages_hit"])
+    escaped = summary.get("stages_escaped", {})
     rows = [
-        [s, summary["stages_aimed"].get(s, 0), summary["stages_hit"][s]]
-        + [summary["stages_hit_between"][s]]
+        [s, summary["quota"].get(s, 0), escaped.get(s, 0), summary["stages_aimed"].get(s, 0)]
+        + [summary["stages_hit"][s], summary["stages_hit_between"][s]]
         for s in stages
     ]
     rows.append(
-        ["all", sum(summary["stages_aimed"].values()), summary["kills"]]
+        ["all", sum(summary["quota"].values()), sum(escaped.values())]
+        + [sum(summary["stages_aimed"].values()), summary["kills"]]
         + [sum(summary["stages_hit_between"].values())]
     )
     d = summary["durations"]
+    load = summary.get("load_average", {"start": ["?"] * 3, "end": ["?"] * 3})
     lines = [
         f"machine: {summary['machine']}",
+        "load average (1, 5, 15 min) at the start {} {} {}, at the end {} {} {}".format(
+            *load["start"], *load["end"]
+        ),
         f"config {summary['config']}, seed {summary['seed']}, {summary['kills']} SIGKILLs "
-        f"({summary['kills_requested']} requested, at most {summary['per_pass']} per pass) over "
+        f"({summary['kills_requested']} requested, at most {summary['per_pass']} per stage and "
+        "pass) over "
         f"{summary['passes']} pass(es) from empty folders; {summary['invocations']} invocations, "
         f"{summary['restarts']} restarts",
         "",
-        table(["stage", "kills aimed", "kills landed", "of them after its done line"], rows),
+        table(
+            ["stage", "quota", "escaped", "kills aimed", "kills landed", "after its done line"],
+            rows,
+        ),
         "",
     ]
     categories: dict[str, dict[str, Any]] = {}
@@ -964,13 +1023,15 @@ def render(summary: dict[str, Any]) -> str:
             ],
         )
     )
-    for pass_ in summary["comparisons"]:
-        for diff in pass_["differences"][:10]:
-            worst = diff["max_abs_diff"]
-            lines.append(
-                f"  pass {pass_['pass']}: {diff['category']} {diff['what']}: {diff['detail']}"
-                + ("" if worst is None else f" (max abs {_fmt(worst)})")
-            )
+    differences = [(p["pass"], d) for p in summary["comparisons"] for d in p["differences"]]
+    for pass_no, diff in differences[:DIFFERENCES_SHOWN]:
+        worst = diff["max_abs_diff"]
+        lines.append(
+            f"  pass {pass_no}: {diff['category']} {diff['what']}: {diff['detail']}"
+            + ("" if worst is None else f" (max abs {_fmt(worst)})")
+        )
+    if len(differences) > DIFFERENCES_SHOWN:
+        lines.append(f"  ... {len(differences) - DIFFERENCES_SHOWN} more differences in the JSON")
     leftovers = [n for p in summary["comparisons"] for n in p["tfds_leftovers"].values()]
     if leftovers:
         lines.append(
@@ -985,7 +1046,8 @@ def render(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"reference run {d['reference_seconds']:.1f} s; kills and restarts {d['soak_seconds']:.1f} s "
+        f"reference run {d['reference_seconds']:.1f} s; kills and restarts "
+        f"{d['soak_seconds']:.1f} s "
         f"(mean {_fmt(d['mean_kill_cycle_seconds'])} s per kill, "
         f"{_fmt(d['mean_invocation_seconds'])} s per invocation); comparisons "
         f"{d['compare_seconds']:.1f} s; total {d['total_seconds']:.1f} s",
@@ -1024,11 +1086,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-pass",
         type=int,
-        default=18,
-        help="most kills aimed at one pass from an empty folder (default 18: 3 per stage)",
+        default=3,
+        help="most kills aimed at one stage in one pass from an empty folder (default 3)",
     )
     parser.add_argument("--keep", action="store_true", help="keep run folders that are equal")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="print the tables of a summary file and exit"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        summary = json.loads(args.render.read_text())
+        print(render(summary))
+        return 0 if summary["equal"] else 1
     if args.mirror is None:
         env = os.environ.get("MNIST_MIRROR")
         args.mirror = Path(env) if env else None

@@ -191,14 +191,20 @@ def test_any_other_difference_is_found(tmp_path: Path, alteration: str):
         assert failing[expected].max_abs_diff > 0
 
 
-def test_kills_are_spread_over_the_stages_in_pipeline_order():
+def test_kills_are_shared_over_the_stages_and_charged_where_they_land():
     stages = ["ingest", "train_ae", "train_vae", "train_denoiser", "evaluate", "export"]
     rng = random.Random(0)
-    assert soak.allocate(6, stages, rng) == stages
-    aims = soak.allocate(20, stages, rng)
-    assert len(aims) == 20 and aims == sorted(aims, key=stages.index)
-    assert sorted(aims.count(s) for s in stages) == [3, 3, 3, 3, 4, 4]
-    assert len(set(soak.allocate(2, stages, rng))) == 2
+    assert soak.allocate(6, stages, rng) == dict.fromkeys(stages, 1)
+    owed = soak.allocate(20, stages, rng)
+    assert list(owed) == stages and sorted(owed.values()) == [3, 3, 3, 3, 4, 4]
+    owed = {"ingest": 1, "train_ae": 2, "export": 0}
+    budget = {"ingest": 1, "train_ae": 1, "export": 1}
+    assert soak.targets_of(owed, budget) == ["ingest", "train_ae"]
+    assert soak.settle(owed, budget, "ingest", "train_ae") == "train_ae"  # landed later
+    assert soak.targets_of(owed, budget) == ["ingest"]  # train_ae's share of this pass is used
+    assert soak.settle(owed, budget, "ingest", "export") == "ingest"  # export is owed nothing
+    assert owed == {"ingest": 0, "train_ae": 1, "export": 0}
+    assert soak.targets_of(owed, budget) == []
 
 
 def test_the_stage_running_at_a_kill_is_the_last_running_line():
