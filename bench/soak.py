@@ -786,6 +786,14 @@ def _prepare_out(out: Path) -> None:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -953,7 +961,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "equal": equal,
         "comparisons": passes,
         "seed": args.seed,
-        "config": str(args.config),
+        "config": _shown(args.config),
         "durations": {
             "reference_stage_seconds": durations,
             "last_stage_seconds": windows,
