@@ -116,8 +116,8 @@ def train_classifier(cfg: Config, paths: Paths, verbose: int) -> tuple[Any, floa
     model = build_classifier(cfg.evaluate.seed)
     steps = cfg.evaluate.classifier_epochs * -(-len(images) // BATCH_SIZE)
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)
+        optimizer=keras.optimizers.Adam(  # named, as in pipeline.fitting: the same in any process
+            keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps), name="adam"
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],

@@ -159,6 +159,9 @@ def convert(model: Any, role: str, opset: int) -> Any:
     renames.update(dict(zip(graph_outputs, output_names, strict=True)))
     rename_tensors(proto, renames)
     proto.doc_string = f"mnist-vae {role}"
+    # tf2onnx names the graph after a per-process function counter: clear it, so that the same
+    # weights give the same bytes in any process (a resumed run's bundle equals an unbroken one's)
+    proto.graph.doc_string = ""
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

@@ -120,7 +120,9 @@ def build_and_compile(
 
     model = build_model(kind, cfg)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(cfg, train_size)),
+        # named: Keras numbers unnamed optimizers per process (adam, adam_1, ...), so a stage run in a
+        # fresh process (after a kill, or alone) would save a different name than in one process
+        optimizer=keras.optimizers.Adam(learning_rate(cfg, train_size), name="adam"),
         loss=SummedBinaryCrossentropy(),
         metrics=[keras.metrics.MeanSquaredError(name="mse")],
         jit_compile=cfg.train.jit_compile if jit_compile is None else jit_compile,
