@@ -283,6 +283,13 @@ def stream_memory_block(path: Path) -> str:
     return "```\n" + render_run(read_json(path)) + "\n```\n"
 
 
+def soak_block(path: Path) -> str:
+    """``bench/soak.py``'s last run (its JSON summary), as ``soak.py --render`` prints it."""
+    from bench.soak import render as render_soak
+
+    return "```\n" + render_soak(read_json(path)).rstrip("\n") + "\n```\n"
+
+
 def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
     """``text`` with every generated block named in ``blocks`` rewritten."""
 
@@ -312,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "bench" / "stream_memory.json",
         help="bench/stream_memory.py results",
     )
+    parser.add_argument(
+        "--soak", type=Path, default=REPO / "bench" / "soak.json", help="bench/soak.py results"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a block would change")
     args = parser.parse_args(argv)
     blocks: dict[str, Callable[[], str]] = {
@@ -329,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks["quantization-conv"] = lambda: quantization_block(args.conv)
     if args.choices.is_file():
         blocks["vae-choices"] = lambda: vae_choices_block(args.choices)
+    if args.soak.is_file():
+        blocks["soak"] = lambda: soak_block(args.soak)
     if args.stream_memory.is_file():
         blocks["stream-memory"] = lambda: stream_memory_block(args.stream_memory)
     stale = []
