@@ -227,7 +227,12 @@ def score_files(
         MapWriter(Path(maps)) if maps is not None else contextlib.nullcontext() as map_writer,
     ):
         try:
-            records = _tagged(sources, batch_size, owner)
+            # which input each row is of matters only to the maps: no bookkeeping without them
+            records = (
+                _tagged(sources, batch_size, owner)
+                if map_writer is not None
+                else iter_records(sources, batch_size)
+            )
             batches = score_items(bundle, records, model, batch_size, threshold, maps is not None)
             for item in batches:
                 if isinstance(item, RecordError):
