@@ -3,9 +3,10 @@
 #   make test   set up .venv (if needed), lint, and run the whole test suite
 # Offline: export MNIST_MIRROR=/path/to/mnist (the four IDX .gz files) first.
 #
-# make test also builds .venv-runtime, holding only the core dependencies (numpy, onnxruntime,
-# Pillow; no TensorFlow), and runs the runtime's tests and CLI there against the export bundle
-# of the smoke run that the main test suite writes to build/smoke-run.
+# make test runs tests/pipeline, tests/models and tests/bench in .venv (they write the smoke run
+# to build/smoke-run), then builds .venv-runtime, holding the runtime's dependencies only (numpy,
+# onnxruntime, Pillow, and onnx for the edge kit; no TensorFlow), and runs tests/export there
+# against that smoke run's export bundle.
 #
 # make browser-deps installs what the latent explorer's and the Node client's tests need:
 # onnxruntime-web, playwright-core and onnxruntime-node from npm (npm ci, pinned by
@@ -23,16 +24,15 @@ RUNTIME_VENV ?= .venv-runtime
 RT_PY := $(RUNTIME_VENV)/bin/python
 RT_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_RUN := build/smoke-run
-RUNTIME_TESTS := tests/test_runtime_inputs.py tests/test_runtime_bundle.py tests/test_runtime_cli.py \
-	tests/test_runtime_scorers.py \
-	tests/test_provenance.py tests/test_explorer.py tests/test_runtime_stream.py \
-	tests/test_runtime_denoise.py tests/test_runtime_explain.py tests/test_runtime_evaluate.py \
-	tests/test_edge.py tests/test_node_client.py
+# tests/ mirrors the packages: tests/export runs in the runtime-only environment (the one users
+# install), the rest in .venv, where the pipeline's smoke run is made first
+RUNTIME_TESTS := tests/export
+TRAINING_TESTS := tests/pipeline tests/models tests/bench
 NODE_STAMP := node_modules/.installed
 BEAM_VENV ?= .venv-beam
 BEAM_PY := $(BEAM_VENV)/bin/python
 BEAM_STAMP := $(BEAM_VENV)/.installed
-BEAM_TESTS := tests/test_scaleout.py
+BEAM_TESTS := tests/export/test_beam.py
 
 ARGS ?=
 
@@ -49,10 +49,10 @@ $(STAMP): pyproject.toml
 # the runtime-only environment: a non-editable install of the package without extras
 runtime-venv: $(RT_STAMP)
 
-$(RT_STAMP): pyproject.toml $(wildcard export/*.py export/web/* export/node/*)
+$(RT_STAMP): pyproject.toml $(wildcard export/*.py export/*/*.py export/web/* export/node/*)
 	test -x $(RT_PY) || $(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RT_PY) -m pip install --quiet --upgrade pip
-	$(RT_PY) -m pip install --quiet . pytest
+	$(RT_PY) -m pip install --quiet ".[edge]" pytest hypothesis
 	touch $(RT_STAMP)
 
 browser-deps: $(NODE_STAMP) chromium
@@ -72,7 +72,7 @@ chromium:
 # the scale-out environment: the runtime with the beam and parquet extras
 beam-venv: $(BEAM_STAMP)
 
-$(BEAM_STAMP): pyproject.toml $(wildcard export/*.py)
+$(BEAM_STAMP): pyproject.toml $(wildcard export/*.py export/*/*.py)
 	test -x $(BEAM_PY) || $(PYTHON) -m venv $(BEAM_VENV)
 	$(BEAM_PY) -m pip install --quiet --upgrade pip
 	$(BEAM_PY) -m pip install --quiet ".[beam,parquet]" pytest
@@ -87,7 +87,7 @@ lint: $(STAMP)
 
 test: lint $(RT_STAMP) $(BEAM_STAMP) browser-deps
 	rm -rf $(SMOKE_RUN)
-	SMOKE_RUN_DIR=$(SMOKE_RUN) $(PY) -m pytest
+	SMOKE_RUN_DIR=$(SMOKE_RUN) $(PY) -m pytest $(TRAINING_TESTS)
 	$(MAKE) --no-print-directory test-runtime
 	$(MAKE) --no-print-directory test-beam
 

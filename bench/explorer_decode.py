@@ -32,7 +32,13 @@ def browser_frames(bundle: Bundle, frames: int, out: Path) -> dict[str, list[flo
     try:
         chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
         subprocess.run(
-            ["node", str(REPO / "tests/browser/explorer_check.mjs"), url, str(out), chromium],
+            [
+                "node",
+                str(REPO / "tests/export/browser/explorer_check.mjs"),
+                url,
+                str(out),
+                chromium,
+            ],
             env={**os.environ, "EXPLORER_FRAMES": str(frames)},
             check=True,
             timeout=600,

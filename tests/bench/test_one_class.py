@@ -14,7 +14,7 @@ from bench import one_class
 from pipeline.data import load_split
 from pipeline.likelihood import vae_likelihood
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE_CONFIG = REPO / "configs" / "smoke.toml"
 
 

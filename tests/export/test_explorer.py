@@ -24,9 +24,9 @@ from PIL import Image
 from export import explorer
 from export.bundle import Bundle, sha256_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ORT_DIST = REPO / "node_modules" / "onnxruntime-web" / "dist"
-BROWSER_SCRIPT = REPO / "tests" / "browser" / "explorer_check.mjs"
+BROWSER_SCRIPT = REPO / "tests" / "export" / "browser" / "explorer_check.mjs"
 TOLERANCE = 1e-4  # page pixels vs Bundle.generate
 
 

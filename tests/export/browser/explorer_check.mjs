@@ -1,7 +1,7 @@
 // Drive the latent explorer in headless Chromium (Debian's, via playwright-core; no browser
 // download) and report what the page decoded, as JSON, for tests/test_explorer.py.
 //
-//   node tests/browser/explorer_check.mjs URL OUT_DIR [CHROMIUM]
+//   node tests/export/browser/explorer_check.mjs URL OUT_DIR [CHROMIUM]
 //
 // Writes OUT_DIR/result.json ({requests, blocked, console, samples: [{model, precision, u, v,
 // z, pixels}]}) and OUT_DIR/explorer.png. Every request outside URL's origin is blocked and

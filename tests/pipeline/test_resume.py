@@ -8,13 +8,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import SMOKE_CONFIG
 
 from pipeline.checkpoint import CheckpointStore, TrainingState
 from pipeline.config import load_config
 from pipeline.data import load_split
 from pipeline.fitting import add_batch_noise, fit_model, make_train_dataset, steps_per_epoch
 from pipeline.measures import add_noise
-from tests.conftest import SMOKE_CONFIG
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SMOKE_CONFIG, run_cli
 
 from export.files import TEMPORARY_GLOB, TEMPORARY_GLOBS, sha256_file
 from pipeline.runner import locked_out
-from tests.conftest import REPO, SMOKE_CONFIG, run_cli
 
 pytestmark = pytest.mark.slow
 

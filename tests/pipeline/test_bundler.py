@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMOKE_CONFIG, run_cli
 
 from export.bundle import Bundle
 from export.files import sha256_file, sha256_json
 from pipeline.config import load_config
 from pipeline.data import load_split
-from tests.conftest import SMOKE_CONFIG, run_cli
 
 pytestmark = pytest.mark.slow
 

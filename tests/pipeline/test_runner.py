@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SMOKE_CONFIG, run_cli
 
 from pipeline.common import Paths
 from pipeline.config import load_config
 from pipeline.data import load_split
 from pipeline.ingest import MirrorError, load_tfds_mnist, verify_mirror
-from tests.conftest import REPO, SMOKE_CONFIG, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 from bench import corruptions
 from export.inputs import iter_chunks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

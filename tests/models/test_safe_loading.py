@@ -9,10 +9,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import REPO
 
 import models
 from pipeline.data import load_split
-from tests.conftest import REPO
 
 SOURCE_DIRS = ("pipeline", "models", "export", "bench", "scripts")  # what reads untrusted files
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMOKE_CONFIG, run_cli
 from PIL import Image
 
 from export.scoring import gaussian_kl
@@ -20,7 +21,6 @@ from pipeline.evaluate import FIGURES, evaluate_outputs, figure_grid, read_histo
 from pipeline.figures import EMPTY_CELL_RGBA
 from pipeline.measures import empty_cells
 from pipeline.report import METRIC_DOCS
-from tests.conftest import SMOKE_CONFIG, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from export.bundle import Bundle
 from export.files import sha256_file
 from export.images import to_uint8
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "export" / "node" / "client.mjs"
 ORT_NODE = REPO / "node_modules" / "onnxruntime-node"
 PIXEL_ATOL = 1e-5

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+from conftest import REPO, SMOKE_CONFIG
 
 from pipeline.config import Config, ConfigError, config_to_toml, load_config
-from tests.conftest import REPO, SMOKE_CONFIG
 
 
 def test_default_toml_matches_built_in_defaults():

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SMOKE_CONFIG
 
 from pipeline.config import load_config
 from pipeline.data import load_split
 from pipeline.distribute import StrategyError, get_strategy, tf_config
-from tests.conftest import REPO, SMOKE_CONFIG
 
 WORKER_TIMEOUT_S = 420  # both workers are killed after this; training takes ~1 minute
 

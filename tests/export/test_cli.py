@@ -16,7 +16,7 @@ from PIL import Image
 
 from export.bundle import Bundle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
