@@ -30,14 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from export.bundle import MODELS, PRECISIONS, Bundle
 from export.inputs import RecordError, Unit, read_unit, reading_units
-from export.sinks import COLUMNS, csv_cell, csv_lines
+from export.scorefile import COLUMNS, ERROR_COLUMNS, csv_lines, error_csv_line
 from export.streaming import DEFAULT_BATCH, score_items
-
-
-def error_line(error: RecordError) -> str:
-    """A bad record as a line of the errors file: source, index (blank: the whole source), error."""
-    index = "" if error.index is None else str(error.index)
-    return ",".join([csv_cell(error.source), index, csv_cell(error.message)])
 
 
 class ScoreUnits(beam.DoFn):
@@ -58,7 +52,9 @@ class ScoreUnits(beam.DoFn):
         items = read_unit(unit, self.batch_size)
         for result in score_items(self.bundle, items, self.model, self.batch_size):
             if isinstance(result, RecordError):
-                yield beam.pvalue.TaggedOutput("errors", error_line(result))
+                yield beam.pvalue.TaggedOutput(
+                    "errors", error_csv_line(result.source, result.index, result.message)
+                )
                 continue
             yield from csv_lines(
                 result.sources, result.index, result.score, result.p_value, result.anomaly
@@ -90,7 +86,7 @@ def build(
         out, file_name_suffix=".csv", header=",".join(COLUMNS), num_shards=num_shards
     )
     _ = scored.errors | "WriteErrors" >> beam.io.WriteToText(
-        f"{out}-errors", file_name_suffix=".csv", header="source,index,error", num_shards=1
+        f"{out}-errors", file_name_suffix=".csv", header=",".join(ERROR_COLUMNS), num_shards=1
     )
 
 

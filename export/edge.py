@@ -18,14 +18,12 @@ The converter imports the ``onnx`` package, which the runtime does not need: it 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import io
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.bundle import MANIFEST, Bundle, BundleError
+from export.bundle import MANIFEST, Bundle
 from export.files import atomic_folder, sha256_file, write_json_atomic, write_text_atomic
 
 EXTRA = "edge"
@@ -343,32 +341,3 @@ def build_edge(bundle_dir: Path, out: Path, replace: bool = False) -> dict[str, 
         manifest["files"] = dict(sorted(manifest["files"].items()))
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
-
-
-def add_parser(sub: Any, bundle_arg: argparse.ArgumentParser) -> None:
-    """The ``edge`` subcommand of ``python -m export``."""
-    p = sub.add_parser(
-        "edge",
-        parents=[bundle_arg],
-        help="the bundle's models in ORT format, with the operator list of a reduced build",
-        description="Convert every model of the bundle to ONNX Runtime's ORT format into a new "
-        "folder, with required_operators.config (the operators of a reduced build), README.md "
-        "(each model's inputs, outputs and size) and manifest.json (the bundle's format, "
-        "pointing at the .ort files). Needs the onnx package: pip install 'mnist-vae[edge]'.",
-    )
-    p.add_argument("--out", required=True, type=Path, help="folder to write (new or empty)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
-
-
-def command(args: argparse.Namespace) -> int:
-    try:
-        manifest = build_edge(args.bundle, args.out, replace=args.force)
-    except (EdgeError, BundleError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sizes = ", ".join(
-        f"{e['file']} {manifest['files'][e['file']]['bytes']:,} B"
-        for e in manifest["models"].values()
-    )
-    print(f"wrote {args.out}: {sizes}; {OPERATORS}: {len(manifest['edge']['operators'])} lines")
-    return 0

@@ -36,8 +36,8 @@ from export.inputs import (
 )
 from export.maps import MapWriter
 from export.progress import Progress
+from export.scorefile import ErrorSink, ScoreSink, format_for
 from export.scoring import p_values
-from export.sinks import ErrorSink, ScoreSink, format_for
 
 DEFAULT_BATCH = 4096
 

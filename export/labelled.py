@@ -7,17 +7,15 @@
     result = evaluate(scores, labels, threshold=Threshold(255.8, "bundle artifacts/export, vae"))
     print(render(result)); write_json_atomic("eval.json", result.to_json())
 
-A score file is CSV or Parquet (told apart by Parquet's magic bytes, not by the name) holding at
-least the columns ``source``, ``index`` and ``score``, read by name: other columns (``anomaly``,
-and any a later scorer adds) are ignored unless named. Labels are binary: ``0``/``1``,
-``true``/``false``, or a positive name (``--positive``, default ``anomaly``) and one other
-value. Every metric comes from ``export.metrics``. Bad input raises ``EvaluationError`` with one
-line naming the file, the row (data rows count from 1, the header excluded) and what was expected.
+``export.scorefile`` reads the score file; this module matches labels to its rows and measures.
+Labels are binary: ``0``/``1``, ``true``/``false``, or a positive name (``--positive``, default
+``anomaly``) and one other value. Every metric comes from ``export.metrics``. Bad input raises
+``EvaluationError`` (a ``ScoreFileError``) with one line naming the file, the row (data rows
+count from 1, the header excluded) and what was expected.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -27,34 +25,23 @@ from typing import Any
 import numpy as np
 
 from export import metrics
-from export.inputs import InputError, split_source
+from export.inputs import split_source
+from export.scorefile import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    ScoreFileError,
+    Scores,
+    index_cell,
+    read_columns,
+    read_scores,
+)
 
-REQUIRED = ("source", "index", "score")
-FLAGS = "anomaly"  # the scorer's own flags: score > the threshold it used
-PARQUET_MAGIC = b"PAR1"
 DEFAULT_POSITIVE = "anomaly"
 DEFAULT_FPR = 0.01
-TRUE_WORDS, FALSE_WORDS = ("1", "1.0", "true"), ("0", "0.0", "false")
 
 
-class EvaluationError(InputError):
-    """A score or label file that cannot be evaluated: names the file, the row, the problem."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Scores:
-    """The rows of a score file: row k is image ``index[k]`` of ``source[k]``."""
-
-    path: Path
-    source: list[str]
-    index: np.ndarray  # (n,) int64
-    score: np.ndarray  # (n,) float64
-    flags: np.ndarray | None  # (n,) bool, the file's anomaly column, when it has one
-    extra: dict[str, list[str]]  # other columns asked for, as text
-
-    def where(self, row: int) -> str:
-        """``scores.csv row 7 (pngs/a.png[0])`` for the 0-based ``row``."""
-        return f"{self.path} row {row + 1} ({self.source[row]}[{self.index[row]}])"
+class EvaluationError(ScoreFileError):
+    """Labels or options that cannot be evaluated: names the file, the row, the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,135 +86,6 @@ class Evaluation:
         out = dataclasses.asdict(self)
         out["notes"] = list(self.notes)
         return out
-
-
-# -- reading ------------------------------------------------------------------------------------
-
-
-def _is_parquet(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return fh.read(4) == PARQUET_MAGIC
-
-
-def _columns(path: Path, wanted: Sequence[str]) -> tuple[dict[str, list[Any]], int]:
-    """The ``wanted`` columns of a CSV or Parquet file that has them (raises naming the first
-    missing one, ``FLAGS`` excepted), as lists of cells, and the number of rows."""
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no such file")
-    if _is_parquet(path):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise EvaluationError(
-                f"{path}: a Parquet file; reading it needs pyarrow (pip install 'mnist-vae[parquet]')"
-            ) from None
-        try:
-            names = pq.read_schema(path).names
-            _require(path, names, wanted)
-            table = pq.read_table(path, columns=[c for c in wanted if c in names])
-        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            raise EvaluationError(f"{path}: cannot read it as Parquet ({err})") from None
-        return {name: table.column(name).to_pylist() for name in table.column_names}, len(table)
-    try:
-        with path.open(newline="") as fh:
-            reader = csv.reader(fh)
-            header = [cell.strip() for cell in next(reader, [])]
-            _require(path, header, wanted)
-            positions = {name: header.index(name) for name in wanted if name in header}
-            cells: dict[str, list[Any]] = {name: [] for name in positions}
-            rows = 0
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                rows += 1
-                if len(row) != len(header):
-                    raise EvaluationError(
-                        f"{path} row {rows}: {len(row)} cells, expected {len(header)} "
-                        f"(the header's {', '.join(header)})"
-                    )
-                for name, at in positions.items():
-                    cells[name].append(row[at])
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise EvaluationError(f"{path}: not a readable CSV file ({err})") from None
-    return cells, rows
-
-
-def _require(path: Path, names: Sequence[str], wanted: Sequence[str]) -> None:
-    needed = [c for c in wanted if c != FLAGS]
-    missing = [c for c in needed if c not in names]
-    if missing:
-        raise EvaluationError(
-            f"{path}: no column {missing[0]!r}, expected the columns {', '.join(needed)}; "
-            f"it has {', '.join(names) or 'no header'}"
-        )
-
-
-def _integer(cell: Any, where: str, what: str) -> int:
-    try:
-        value = int(cell) if not isinstance(cell, float) else None
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value < 0:
-        raise EvaluationError(f"{where}: {what} {cell!r}, expected an integer >= 0")
-    return value
-
-
-def _finite(cell: Any, where: str) -> float:
-    try:
-        value = float(cell)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value):
-        raise EvaluationError(f"{where}: score {cell!r}, expected a finite number")
-    return value
-
-
-def _flag(cell: Any, where: str) -> bool:
-    if isinstance(cell, bool):
-        return cell
-    text = str(cell).strip().lower()
-    if text in TRUE_WORDS or text in FALSE_WORDS:
-        return text in TRUE_WORDS
-    raise EvaluationError(f"{where}: anomaly {cell!r}, expected 0/1 or true/false")
-
-
-def read_scores(path: str | Path, extra: Sequence[str] = ()) -> Scores:
-    """Read a score file written by ``python -m export score`` (CSV or Parquet) by column name;
-    ``extra`` columns are kept as text (e.g. a label column)."""
-    path = Path(path)
-    wanted = [*REQUIRED, FLAGS, *(c for c in extra if c not in (*REQUIRED, FLAGS))]
-    cells, n = _columns(path, wanted)
-    if n == 0:
-        raise EvaluationError(f"{path}: no rows (only a header); nothing to evaluate")
-    source: list[str] = []
-    index = np.empty(n, np.int64)
-    score = np.empty(n, np.float64)
-    for row in range(n):
-        where = f"{path} row {row + 1}"
-        name = cells["source"][row]
-        if name is None or not str(name).strip():
-            raise EvaluationError(f"{where}: empty source, expected the input it was read from")
-        source.append(str(name))
-        index[row] = _integer(cells["index"][row], where, "index")
-        score[row] = _finite(cells["score"][row], where)
-    flags = None
-    if FLAGS in cells:
-        flags = np.array([_flag(c, f"{path} row {r + 1}") for r, c in enumerate(cells[FLAGS])])
-    kept = {c: ["" if v is None else str(v) for v in cells[c]] for c in extra}
-    scores = Scores(path, source, index, score, flags, kept)
-    _unique_keys(scores)
-    return scores
-
-
-def _unique_keys(scores: Scores) -> None:
-    seen: dict[tuple[str, int], int] = {}
-    for row, key in enumerate(zip(scores.source, scores.index.tolist(), strict=True)):
-        if key in seen:
-            raise EvaluationError(
-                f"{scores.where(row)}: scored twice (first at row {seen[key] + 1}); "
-                "expected one row per image"
-            )
-        seen[key] = row
 
 
 # -- labels -------------------------------------------------------------------------------------
@@ -311,7 +169,7 @@ def labels_from_file(
     skipped) are counted in ``unscored``.
     """
     path = Path(path)
-    cells, n = _columns(path, ("source", "index", column))
+    cells, n = read_columns(path, ("source", "index", column))
     if column not in cells:
         raise EvaluationError(f"{path}: no column {column!r}")
     if n == 0:
@@ -319,7 +177,7 @@ def labels_from_file(
     by_key: dict[tuple[str, int], int] = {}
     for row in range(n):
         where = f"{path} row {row + 1}"
-        key = (str(cells["source"][row]), _integer(cells["index"][row], where, "index"))
+        key = (str(cells["source"][row]), index_cell(cells["index"][row], where, "index"))
         if key in by_key:
             raise EvaluationError(
                 f"{where}: {key[0]}[{key[1]}] is labelled twice (first at row {by_key[key] + 1})"
