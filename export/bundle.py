@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 MODELS = ("ae", "vae")
 PRECISIONS = ("fp32", "int8")
-SCORES = {"ae": "reconstruction_mse", "vae": "negative_elbo"}
+SCORES = scoring.SCORES  # each model's anomaly score
 DENOISER = "denoiser"  # its role in the manifest; bundles exported before it have none
 # rows per session.run call: ONNX Runtime plans its buffers for the rows of a call, so this
 # bounds its memory (1024 rows: a third less peak RSS than 4096 when scoring, and no slower)
@@ -264,14 +264,18 @@ class Bundle:
         """``score`` and (``maps``) ``pixel_scores`` of ``images`` from one pass of the model."""
         self._check_model(model)
         images = as_images(images)
+        encoder, decoder = self._sessions[f"{model}_encoder"], self._sessions[f"{model}_decoder"]
+        out = scoring.reconstruct_and_score(
+            model,
+            images,
+            lambda x: [encoder.run(x)[name] for name in scoring.ENCODER_OUTPUTS[model]],
+            lambda z: decoder.run(self._check_z(z))["pixels"],
+        )
+        if not maps:
+            return out.scores, None
         if model == "ae":
-            pixels = self.reconstruct(images, "ae")
-            scores = scoring.reconstruction_mse(images, pixels)
-            return scores, scoring.squared_error_map(images, pixels) if maps else None
-        z_mean, z_log_var = self.posterior(images)
-        pixels = self.generate(z_mean, "vae")
-        scores = scoring.negative_elbo(images, pixels, z_mean, z_log_var)
-        return scores, scoring.bernoulli_nll_map(images, pixels) if maps else None
+            return out.scores, scoring.squared_error_map(images, out.pixels)
+        return out.scores, scoring.bernoulli_nll_map(images, out.pixels)
 
     def is_anomaly(self, images: Any, model: str = "vae") -> np.ndarray:
         """(n,) bool: score above the manifest threshold (calibrated at ``anomaly.fpr``)."""

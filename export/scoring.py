@@ -4,6 +4,7 @@ runtime share, so a threshold calibrated in the evaluate stage means the same th
     scores = negative_elbo(images, pixels, z_mean, z_log_var)   # VAE, nats per image
     threshold = calibrate_threshold(validation_scores, fpr=0.01)
     anomalies = scores > threshold
+    out = reconstruct_and_score("vae", images, encoder, decoder)  # any runner of the two halves
 
 AE score: per-image mean squared reconstruction error. VAE score: the negative ELBO evaluated at
 the posterior mean, i.e. the Bernoulli NLL of the image under the decoder's pixels at z = z_mean,
@@ -12,11 +13,14 @@ plus KL(q(z|x) || N(0, I)); deterministic, in nats, higher is more anomalous.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 EPSILON = 1e-7  # pixel probabilities are clipped to [EPSILON, 1 - EPSILON], as Keras does
+SCORES = {"ae": "reconstruction_mse", "vae": "negative_elbo"}  # each model's anomaly score
+ENCODER_OUTPUTS = {"ae": ("z",), "vae": ("z_mean", "z_log_var")}  # by name, in order
 
 
 ROW_BLOCK = 512  # rows per numpy pass: bounds the float64 temporaries (512 x 784 x 8 B each)
@@ -129,3 +133,37 @@ def p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, np.float64).ravel()
     at_least = ref.size - np.searchsorted(ref, s, side="left")
     return (1.0 + at_least) / (ref.size + 1.0)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One pass of an autoencoder over images (n, 28, 28): its code, its output, its score."""
+
+    z: np.ndarray  # (n, d) the code the decoder read (the VAE's posterior mean z_mean)
+    z_log_var: np.ndarray | None  # (n, d) the VAE's posterior log-variance; None for the AE
+    pixels: np.ndarray  # (n, 28, 28) float32 decoded from z
+    scores: np.ndarray  # (n,) float32: the model's anomaly score, ``SCORES[kind]``
+
+
+def reconstruct_and_score(
+    kind: str,
+    images: np.ndarray,
+    encode: Callable[[np.ndarray], np.ndarray | Sequence[np.ndarray]],
+    decode: Callable[[np.ndarray], np.ndarray],
+) -> Reconstruction:
+    """Encode ``images`` (n, 28, 28), decode the code (the VAE: z_mean), score: the one wiring
+    of the two halves of an autoencoder, whatever runs them (ONNX Runtime, Keras).
+
+    encode: images -> the encoder's outputs in order (AE: z, or [z]; VAE: [z_mean, z_log_var]);
+    decode: z (n, d) -> pixels (n, 28, 28).
+    """
+    if kind not in SCORES:
+        raise ValueError(f"kind must be one of {tuple(SCORES)}, got {kind!r}")
+    outputs = encode(images)
+    outputs = [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
+    z = outputs[0]
+    pixels = decode(z)
+    if kind == "ae":
+        return Reconstruction(z, None, pixels, reconstruction_mse(images, pixels))
+    z_log_var = outputs[1]
+    return Reconstruction(z, z_log_var, pixels, negative_elbo(images, pixels, z, z_log_var))

@@ -37,7 +37,8 @@ import numpy as np
 
 from export.bundle import FORMAT_VERSION, MANIFEST, SCORES
 from export.files import atomic_folder, sha256_file, sha256_json, write_json_atomic
-from export.scoring import negative_elbo, reconstruction_mse
+from export.scoring import reconstruct_and_score
+from pipeline import quantization
 from pipeline.common import Paths, Stage, library_versions, load_denoiser, load_models
 from pipeline.config import Config
 from pipeline.conversion import (
@@ -47,7 +48,6 @@ from pipeline.conversion import (
     export_checked,
     keras_outputs,
     measure_drift,
-    quantize,
     set_metadata,
 )
 from pipeline.data import load_split
@@ -122,11 +122,14 @@ def write_validation_scores(
     images (m, 28, 28) float32 -> ``folder/validation_scores.npz`` holding ``ae`` and ``vae``
     (m,) float32, in ``export.scoring``'s definitions. Returns its manifest entry.
     """
-    z = opened["ae_encoder"].run(images)[0]
-    z_mean, z_log_var = opened["vae_encoder"].run(images)
     arrays = {
-        "ae": reconstruction_mse(images, opened["ae_decoder"].run(z)[0]),
-        "vae": negative_elbo(images, opened["vae_decoder"].run(z_mean)[0], z_mean, z_log_var),
+        kind: reconstruct_and_score(
+            kind,
+            images,
+            opened[f"{kind}_encoder"].run,
+            lambda z, kind=kind: opened[f"{kind}_decoder"].run(z)[0],
+        ).scores
+        for kind in ("ae", "vae")
     }
     np.savez(folder / VALIDATION_SCORES, **arrays)
     return {
@@ -176,7 +179,9 @@ def export_autoencoder(
     z_cal = _latent_inputs(encode.run(calibration[:half])[0], cfg.train.seed + 1)
     held_out = calibration[half : half + len(images)]
     z_choose = _latent_inputs(encode.run(held_out)[0], cfg.train.seed + 2)
-    int8, method, choice = quantize(fp32, folder / f"{kind}_decoder.int8.onnx", z_cal, z_choose)
+    int8, method, choice = quantization.choose(
+        fp32, folder / f"{kind}_decoder.int8.onnx", z_cal, z_choose
+    )
     opened[f"{kind}_decoder_int8"] = int8
     drift = measure_drift(fp32, int8, z_ort)
     choice["calibration"] = {"validation_digits": half, "prior_draws": PRIOR_SAMPLES}

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from export.files import sha256_file, sha256_json, write_json_atomic
+from pipeline import measures
 from pipeline.common import PREDICT_BATCH, Paths
 from pipeline.config import Config
 from pipeline.data import load_split
-from pipeline.fitting import save_keras_atomic
+from pipeline.fitting import keras_verbosity, save_keras_atomic
 
 ARCHITECTURE = "shift2-conv32bn-pool-conv64bn-pool-dense128bn-drop0.5-softmax/v3"  # change: retrain
 FEATURE_LAYER = "features"
@@ -166,3 +168,39 @@ def train_or_reuse(cfg: Config, paths: Paths, verbose: int = 2) -> tuple[Any, di
     write_json_atomic(record_file, record)
     # reload what was saved, so a fresh and a reused classifier behave identically
     return load_model(model_file), {**record, "reused": False}
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The digit classifier and what it says of the test digits."""
+
+    model: Any  # images (n, 28, 28) -> probabilities (n, 10)
+    features: Any  # images (n, 28, 28) -> its feature layer (n, 128)
+    record: dict[str, Any]  # classifier.json: epochs, seconds, reused
+    test_probs: np.ndarray  # (n_test, 10)
+    test_features: np.ndarray  # (n_test, 128)
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, 10) of ``images`` (n, 28, 28)."""
+        return self.model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+
+
+def digit_classifier(cfg: Config, paths: Paths, test_images: np.ndarray) -> Judge:
+    """The classifier, trained on the train split or reused, and its view of ``test_images``."""
+    model, record = train_or_reuse(cfg, paths, verbose=keras_verbosity(cfg.train.verbose))
+    features = feature_model(model)
+    return Judge(
+        model=model,
+        features=features,
+        record=record,
+        test_probs=model.predict(test_images, batch_size=PREDICT_BATCH, verbose=0),
+        test_features=features.predict(test_images, batch_size=PREDICT_BATCH, verbose=0),
+    )
+
+
+def classifier_metrics(judge: Judge, test_labels: np.ndarray) -> dict[str, float]:
+    """classifier.test_acc on the test labels (n,) and its dead feature units."""
+    return {
+        "classifier.test_acc": float(np.mean(judge.test_probs.argmax(axis=1) == test_labels)),
+        "classifier.dead_units": float(measures.dead_units(judge.test_features)),
+    }

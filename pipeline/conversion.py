@@ -1,12 +1,12 @@
-"""Keras models to ONNX: conversion with readable names, parity against Keras, int8 quantization.
+"""Keras models to ONNX: conversion with readable names, parity against Keras, int8 drift.
 
     onnx_model, parity = export_checked(model, "vae_decoder", z, folder, cfg)
-    int8, method, choice = quantize(onnx_model, folder / "vae_decoder.int8.onnx", z_cal, z)
     drift = measure_drift(onnx_model, int8, z)
 
 Every saved file is opened once, as an ``OnnxModel``: one ONNX Runtime session and the proto
 it was saved from, reused for the parity check, the manifest's input/output spec and opset,
-the drift of its int8 copy and the test latents. Used by the export stage (``pipeline.bundler``).
+the drift of its int8 copy and the test latents. Used by the export stage (``pipeline.bundler``)
+and by ``pipeline.quantization``, which builds the int8 copies (this module imports neither).
 """
 
 from __future__ import annotations
@@ -229,21 +229,6 @@ def export_checked(
         f"on {len(x)} inputs ({parity['worst_ratio_to_tolerance']:.0%} of the tolerance)"
     )
     return onnx_model, parity
-
-
-def quantize(
-    fp32: OnnxModel, int8: Path, calibration: np.ndarray, check: np.ndarray
-) -> tuple[OnnxModel, str, dict[str, Any]]:
-    """The int8 copy of a decoder, chosen by measured drift (``pipeline.quantization``).
-
-    calibration: latents (n, d) the static and GPTQ candidates calibrate on (validation digits'
-    latents and prior draws); check: latents the candidates' drift is measured on. Returns the
-    opened int8 file, its method's description and the record of the choice (every candidate's
-    drift and size, and whether the one kept meets ``pipeline.quantization.TARGETS``).
-    """
-    from pipeline.quantization import choose
-
-    return choose(fp32, int8, calibration, check)
 
 
 def measure_drift(fp32: OnnxModel, int8: OnnxModel, z: np.ndarray) -> dict[str, float]:

@@ -1,16 +1,19 @@
 """Reading the ingest stage's output: one split as float32 pixels in [0, 1].
 
 images, labels = load_split(paths.dataset, "validation", cfg.data)  # (5000, 28, 28), (5000,)
+data = Splits.load(cfg, paths)  # every split at once
 """
 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DataConfig
+from pipeline.common import Paths
+from pipeline.config import Config, DataConfig
 
 SPLITS = ("train", "validation", "test")
 
@@ -41,3 +44,21 @@ def load_split(
     if data_cfg is not None and data_cfg.binarize:
         images = (images > data_cfg.binarize_threshold).astype(np.float32)
     return images, labels
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The dataset's images (n, 28, 28) float32 in [0, 1] and labels (n,), per split."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @classmethod
+    def load(cls, cfg: Config, paths: Paths) -> Splits:
+        train_images, train_labels = load_split(paths.dataset, "train", cfg.data)
+        val_images, _ = load_split(paths.dataset, "validation", cfg.data)
+        test_images, test_labels = load_split(paths.dataset, "test", cfg.data)
+        return cls(train_images, train_labels, val_images, test_images, test_labels)

@@ -8,6 +8,7 @@ Every figure has a title and labelled axes (or labelled rows where the axes carr
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,8 +17,23 @@ import numpy as np
 
 from export.files import atomic_path
 from export.images import tile
+from export.scoring import Reconstruction
+from pipeline.common import Paths
+from pipeline.config import Config
+from pipeline.data import Splits
+from pipeline.latents import LatentGaps, metric_key
 
 DPI = 80
+FIGURES = (  # the evaluate stage's figures, eval/<name>.png
+    "digits",
+    "latent_scatter",
+    "latent_gaps",
+    "vae_grid",
+    "ae_grid",
+    "denoise",
+    "anomalies",
+    "training_curves",
+)
 EMPTY_CELL_RGBA = (0.85, 0.1, 0.1, 0.35)  # translucent red: the scatter shows through
 
 
@@ -255,3 +271,101 @@ def training_curves_figure(
     fig.suptitle("Training curves")
     fig.tight_layout()
     _save(fig, path)
+
+
+def figure_path(paths: Paths, name: str) -> Path:
+    """Where the evaluate stage writes figure ``name`` (one of ``FIGURES``)."""
+    return paths.eval_dir / f"{name}.png"
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """``history.csv`` of a training stage as {column: per-epoch values}."""
+    with Path(path).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path}: no epochs recorded")
+    return {col: [float(r[col]) for r in rows] for col in rows[0] if col != "epoch"}
+
+
+def _top_captions(scores: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
+    top = np.argsort(scores, kind="stable")[::-1][:n]
+    return top, [f"{scores[i]:.3g} / {labels[i]}" for i in top]
+
+
+def gap_panel(kind: str, test_z: np.ndarray, gaps: LatentGaps) -> GapPanel:
+    """One side of ``latent_gaps.png``: the model's own-box measure, and the VAE's prior box."""
+    name = {"ae": "AE latent z", "vae": "VAE latent z_mean"}[kind]
+    _, low, high = gaps.regions[kind]
+    frac = gaps.metrics[metric_key(kind, "latent_empty_frac")]
+    outlines = []
+    if kind == "vae":
+        _, prior_low, prior_high = gaps.regions["vae_prior"]
+        prior_frac = gaps.metrics[metric_key("vae_prior", "latent_empty_frac")]
+        outlines.append((f"prior 0.05-0.95 box: {prior_frac:.1%} empty", prior_low, prior_high))
+    return GapPanel(
+        title=f"{name}: {frac:.1%} of the grid empty (r99 = {gaps.radius[kind]:.3g})",
+        z=test_z,
+        empty=gaps.empty[kind],
+        low=low,
+        high=high,
+        outlines=tuple(outlines),
+    )
+
+
+def draw_figures(
+    cfg: Config,
+    paths: Paths,
+    data: Splits,
+    test_out: dict[str, Reconstruction],
+    test_scores: dict[str, np.ndarray],
+    boxes: dict[str, Any],
+    grid_pixels: dict[str, np.ndarray],
+    noisy: np.ndarray,
+    denoised: dict[str, np.ndarray],
+    gaps: LatentGaps,
+) -> dict[str, Path]:
+    """Write every figure of ``FIGURES`` under ``eval/``; returns {name: png path}.
+
+    The arguments are what the steps of ``run`` returned.
+    """
+    ev = cfg.evaluate
+    n = ev.figure_digits
+    test_images, test_labels = data.test_images, data.test_labels
+    fig = {name: figure_path(paths, name) for name in FIGURES}
+    digits_figure(fig["digits"], test_images[: 2 * n], test_labels[: 2 * n], n)
+    latent_scatter_figure(fig["latent_scatter"], test_out["ae"].z, test_out["vae"].z, test_labels)
+    latent_gaps_figure(
+        fig["latent_gaps"],
+        [gap_panel(kind, test_out[kind].z, gaps) for kind in ("ae", "vae")],
+        test_labels,
+        ev.confident_grid_size,
+    )
+    for kind, what in (("vae", "N(0, 1) quantiles 0.05-0.95"), ("ae", "1st-99th percentile box")):
+        grid_figure(
+            fig[f"{kind}_grid"],
+            grid_pixels[kind],
+            ev.grid_size,
+            boxes[kind]["low"],
+            boxes[kind]["high"],
+            f"{kind.upper()} decoder over its latent: {what}",
+        )
+    denoise_figure(
+        fig["denoise"],
+        noisy[:n],
+        denoised["ae"][:n],
+        denoised["vae"][:n],
+        test_images[:n],
+        ev.noise_sigma,
+        denoised["denoiser"][:n],
+    )
+    ae_top, ae_captions = _top_captions(test_scores["ae"], test_labels, n)
+    vae_top, vae_captions = _top_captions(test_scores["vae"], test_labels, n)
+    anomalies_figure(
+        fig["anomalies"], test_images[ae_top], ae_captions, test_images[vae_top], vae_captions
+    )
+    training_curves_figure(
+        fig["training_curves"],
+        read_history(paths.history_file("ae")),
+        read_history(paths.history_file("vae")),
+    )
+    return fig

@@ -14,6 +14,10 @@ import datetime as dt
 import html
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.latents import GAP_PERCENTILE, VAE_GRID_QUANTILES
 
 # One line per metric: what it measures. The report and the README list these.
 METRIC_DOCS: dict[str, str] = {
@@ -161,3 +165,62 @@ def render_report(
 </body>
 </html>
 """
+
+
+def measurement_notes(
+    cfg: Config, record: dict[str, Any], n_test: int, n_fid: int
+) -> dict[str, str]:
+    """How each group of numbers was obtained, for the report."""
+    ev = cfg.evaluate
+    return {
+        "Test split": f"{n_test:,} digits; binarized: {cfg.data.binarize}.",
+        "ELBO and NLL": (
+            f"K = {ev.nll_samples} samples z_k ~ q(z|x) per digit; ELBO = mean_k log p(x|z_k) "
+            "minus the closed-form KL; NLL = -log mean_k p(x|z_k) p(z_k) / q(z_k|x) "
+            "(importance-weighted bound, Burda et al. 2016). On grey-level pixels the Bernoulli "
+            "NLL cannot go below reference.bernoulli_entropy_floor_nats, the summed binary "
+            "entropy H(x) of the pixels (what a decoder with p = x scores); on binarized data the "
+            "floor is 0."
+        ),
+        "Classifier": (
+            f"CNN trained {record['epochs']} epochs on the train split "
+            f"({'reused from an earlier run' if record['reused'] else 'trained in this run'}, "
+            f"{record['train_seconds']} s); its test accuracy is classifier.test_acc, its "
+            "feature units silent on every test digit classifier.dead_units."
+        ),
+        "Latent gaps": (
+            f"r99 = the {GAP_PERCENTILE:g}th percentile of the distances from each test latent "
+            "to its nearest train latent (Euclidean, exact, each model its own); a cell of a "
+            f"{ev.confident_grid_size}x{ev.confident_grid_size} grid is empty when its centre is "
+            "farther than r99 from every train latent. The box is each model's own train "
+            "latents' 1st-99th percentile box (one rule for both); _prior: the VAE's N(0, 1) "
+            f"{VAE_GRID_QUANTILES[0]:g}-{VAE_GRID_QUANTILES[1]:g} quantile box. Meant for the "
+            "2-D latent: with more axes the grid spans the first two, the others at the box "
+            "centre."
+        ),
+        "Grid confidence": (
+            f"the same {ev.confident_grid_size}x{ev.confident_grid_size} grids (each model's own "
+            "train-latent box, and the VAE's prior box for _prior) decoded; a point counts "
+            f"when the classifier's top probability >= {ev.confident_prob:g}."
+        ),
+        "FID": (
+            f"{n_fid:,} images per set vs the first {n_fid:,} test digits, compared in the "
+            "classifier's 128-unit feature layer (Gaussian Frechet distance): VAE samples "
+            "z ~ N(0, I), AE samples z ~ N(mean, covariance) fitted to its train latents, both "
+            "decoded to pixel probabilities; recon_fid: each model's reconstructions of those "
+            "test digits; reference.fid_train_test: a seeded random choice of real train digits."
+        ),
+        "Denoising": (
+            f"Gaussian noise sigma = {ev.noise_sigma:g}, clipped to [0, 1]; gain = mean over "
+            "test digits of PSNR(output) - PSNR(noisy input), peak 1.0. noise_auroc ranks the "
+            "clean and the noisy test digits by each model's anomaly score. denoise.class_kept: "
+            "share of test digits the classifier gives the same label denoised as clean."
+        ),
+        "Noise AUROC": (
+            "noise_auroc uses the clipped noise above, which keeps only the upward half of the "
+            "noise on the black background and so also brightens a digit: a score can win on "
+            "brightness alone. noise_auroc_unclipped ranks the clean digits against the same "
+            "noise draw left unclipped: zero-mean, the brightness unchanged on average."
+        ),
+        "k-NN": f"k = {ev.knn_k}, Euclidean, train latents as reference.",
+    }

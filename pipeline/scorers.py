@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from export import scoring
-from export.bundle import SCORES
 from pipeline.conversion import BATCH_DIM, ExportError, OnnxModel, rename_tensors
 from pipeline.measures import add_noise
 
@@ -45,8 +44,6 @@ SCORE_DEFINITIONS = {
         "+ KL(q(z|x) || N(0, I)), nats"
     ),
 }
-# the encoder output the decoder reads, and every encoder output the arithmetic reads
-ENCODER_OUTPUTS = {"ae": ("z", ("z",)), "vae": ("z_mean", ("z_mean", "z_log_var"))}
 
 
 def scorer_metadata(kind: str, threshold: float, fpr: float) -> dict[str, str]:
@@ -172,7 +169,7 @@ def _score_head(kind: str, threshold: float, like: Any) -> Any:
         return helper.make_tensor_value_info(name, dtype, shape)
 
     latent = [
-        value(name, TensorProto.FLOAT, [BATCH_DIM, None]) for name in ENCODER_OUTPUTS[kind][1]
+        value(name, TensorProto.FLOAT, [BATCH_DIM, None]) for name in scoring.ENCODER_OUTPUTS[kind]
     ]
     inputs = [value("images", TensorProto.FLOAT, [BATCH_DIM, 28, 28])]
     inputs.append(value("pixels", TensorProto.FLOAT, [BATCH_DIM, 28, 28]))
@@ -196,7 +193,8 @@ def build_scorer(kind: str, encoder: Any, decoder: Any, threshold: float, fpr: f
     import onnx
     from onnx import compose, helper
 
-    decoded, latents = ENCODER_OUTPUTS[kind]
+    latents = scoring.ENCODER_OUTPUTS[kind]  # every encoder output the arithmetic reads
+    decoded = latents[0]  # the one the decoder reads
     enc = [f"encoder/{name}" for name in latents]
     # images -> (images for the encoder, images for the score) -> encoder -> decoder -> score
     model = compose.merge_models(
@@ -313,7 +311,7 @@ def export_scorer(
     entry = {
         "file": path.name,
         "precision": "fp32",
-        "score": SCORES[kind],
+        "score": scoring.SCORES[kind],
         "threshold": float(threshold),
         "fpr": float(fpr),
         "built_from": [f"{kind}_encoder", f"{kind}_decoder"],

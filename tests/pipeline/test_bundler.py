@@ -145,27 +145,23 @@ def test_scorer_check_fails_when_the_scorer_disagrees(smoke_run: Path):
 
 def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
     from pipeline.common import Paths, load_denoiser, load_models
-    from pipeline.evaluate import anomaly_scores, encode_decode
+    from pipeline.evaluate import reconstruct
     from pipeline.measures import add_noise
 
     models = load_models(Paths(smoke_run))
     images, _ = load_split(smoke_run / "data" / "mnist.npz", "test")
     bundle = Bundle.load(smoke_run / "export")
     for kind in ("ae", "vae"):
-        keras_out = encode_decode(models, kind, images)
-        np.testing.assert_allclose(
-            bundle.encode(images, kind), keras_out["z"], atol=1e-5, rtol=1e-6
-        )
+        keras_out = reconstruct(models, kind, images)
+        np.testing.assert_allclose(bundle.encode(images, kind), keras_out.z, atol=1e-5, rtol=1e-6)
         np.testing.assert_allclose(
             bundle.reconstruct(images, kind),
-            keras_out["pixels"],
+            keras_out.pixels,
             atol=1e-5,
             rtol=1e-6,
             err_msg=kind,
         )
-        np.testing.assert_allclose(
-            bundle.score(images, kind), anomaly_scores(images, keras_out, kind), rtol=1e-4
-        )
+        np.testing.assert_allclose(bundle.score(images, kind), keras_out.scores, rtol=1e-4)
         z = np.random.default_rng(0).standard_normal((64, bundle.latent_dim)).astype(np.float32)
         expected = models[f"{kind}_decoder"].predict(z, verbose=0)
         np.testing.assert_allclose(bundle.generate(z, kind), expected, atol=1e-5, rtol=1e-6)

@@ -17,8 +17,9 @@ from PIL import Image
 
 from export.scoring import gaussian_kl
 from pipeline.common import Paths
-from pipeline.evaluate import FIGURES, evaluate_outputs, figure_grid, read_history
-from pipeline.figures import EMPTY_CELL_RGBA
+from pipeline.evaluate import evaluate_outputs
+from pipeline.figures import EMPTY_CELL_RGBA, FIGURES, read_history
+from pipeline.latents import figure_grid
 from pipeline.measures import empty_cells
 from pipeline.report import METRIC_DOCS
 
@@ -155,7 +156,7 @@ def test_gap_figure_marks_the_empty_cells(smoke_run: Path):
 
 
 def test_pipeline_grids_are_the_runtimes_grid_latents(smoke_run: Path):
-    """The grid figure's latents (``evaluate.figure_grid``) and the gap measure's cells
+    """The grid figure's latents (``latents.figure_grid``) and the gap measure's cells
     (``measures.empty_cells``) are the points the runtime's ``Bundle.grid_latents`` gives over
     the same box, in the same order: a grid cell means one latent point everywhere."""
     from export.bundle import Bundle
