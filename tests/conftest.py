@@ -1,14 +1,18 @@
-"""Shared fixtures: the real MNIST mirror and one smoke pipeline run reused by many tests."""
+"""Shared fixtures: the real MNIST mirror, one smoke pipeline run reused by many tests, its export
+bundle and its digits. Every fixture shared by two test files is defined here, once."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +91,44 @@ def export_run(request: pytest.FixtureRequest) -> Path:
             pytest.fail(f"EXPORT_RUN={env} holds no export/manifest.json")
         return path
     return request.getfixturevalue("smoke_run")
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(export_run: Path) -> Path:
+    """The smoke run's export bundle folder."""
+    return export_run / "export"
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir: Path) -> Any:
+    """The smoke run's bundle, loaded (fp32, every checksum verified) by the runtime."""
+    from export.bundle import Bundle
+
+    return Bundle.load(bundle_dir)
+
+
+def read_run_digits(run: Path, split: str) -> np.ndarray:
+    """A run's ``split`` as the ingest stage stored it: uint8 (n, 28, 28)."""
+    with np.load(run / "data" / "mnist.npz", allow_pickle=False) as npz:
+        return npz[f"{split}_images"]
+
+
+@pytest.fixture(scope="session")
+def test_digits(export_run: Path) -> np.ndarray:
+    """The smoke run's test digits: uint8 (n, 28, 28), n = the smoke config's test_size."""
+    return read_run_digits(export_run, "test")
+
+
+MIRROR_DIGITS = 1000
+
+
+@pytest.fixture(scope="session")
+def mirror_digits(mirror: Path) -> np.ndarray:
+    """The first ``MIRROR_DIGITS`` test digits, uint8 (n, 28, 28), straight from the mirror's
+    IDX file (no pipeline run needed)."""
+    with gzip.open(mirror / "t10k-images-idx3-ubyte.gz", "rb") as fh:
+        raw = fh.read(16 + MIRROR_DIGITS * 784)
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(MIRROR_DIGITS, 28, 28).copy()
 
 
 def run_export_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

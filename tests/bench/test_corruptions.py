@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 
 from bench import corruptions
-from export.inputs import iter_chunks
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def digits(mirror: Path) -> np.ndarray:
-    """The first 24 real test digits, uint8 (24, 28, 28)."""
-    chunk = next(iter_chunks([mirror / "t10k-images-idx3-ubyte.gz"], chunk_size=24))
-    return np.round(chunk.images * 255.0).astype(np.uint8)
 
 
 def test_the_suite_is_mnist_c_s_fifteen():
@@ -31,7 +23,8 @@ def test_the_suite_is_mnist_c_s_fifteen():
 
 
 @pytest.mark.parametrize("name", list(corruptions.CORRUPTIONS))
-def test_each_corruption_returns_valid_images_that_differ(name: str, digits: np.ndarray):
+def test_each_corruption_returns_valid_images_that_differ(name: str, mirror_digits: np.ndarray):
+    digits = mirror_digits[:24]
     x = digits.astype(np.float32) / np.float32(255.0)
     out = corruptions.CORRUPTIONS[name](x, np.random.default_rng(0))
     assert out.shape == x.shape and np.issubdtype(out.dtype, np.floating)
@@ -44,7 +37,8 @@ def test_each_corruption_returns_valid_images_that_differ(name: str, digits: np.
     np.testing.assert_array_equal(stored, corruptions.corrupt(digits, name, seed=3))  # seeded
 
 
-def test_random_corruptions_depend_on_the_seed(digits: np.ndarray):
+def test_random_corruptions_depend_on_the_seed(mirror_digits: np.ndarray):
+    digits = mirror_digits[:24]
     fixed = {"scale", "brightness", "stripe", "canny_edges"}  # no random parameter
     for name in set(corruptions.CORRUPTIONS) - fixed:
         a, b = corruptions.corrupt(digits, name, seed=0), corruptions.corrupt(digits, name, seed=1)

@@ -28,12 +28,11 @@ from export.inputs import Chunk, read_unit, reading_units  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def inputs(export_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def inputs(test_digits: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's test digits (256 in the smoke config) as .npy, three as PNGs and one PNG of the
     wrong size, 20 as floats with a NaN in one."""
     folder = tmp_path_factory.mktemp("beam-inputs")
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        digits = npz["test_images"][:1000]
+    digits = test_digits[:1000]
     np.save(folder / "test.npy", digits)
     (folder / "pngs").mkdir()
     for i in range(3):

@@ -18,18 +18,6 @@ from export.bundle import Bundle, BundleError
 
 
 @pytest.fixture(scope="module")
-def bundle(export_run: Path) -> Bundle:
-    return Bundle.load(export_run / "export")
-
-
-@pytest.fixture(scope="module")
-def test_digits(export_run: Path) -> np.ndarray:
-    """The run's test split as stored by ingest: uint8 (n, 28, 28)."""
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        return npz["test_images"]
-
-
-@pytest.fixture(scope="module")
 def metrics(export_run: Path) -> dict[str, float]:
     return json.loads((export_run / "eval" / "metrics.json").read_text())
 

@@ -20,28 +20,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> str:
-    return str(export_run / "export")
-
-
-@pytest.fixture(scope="module")
-def test_npy(export_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def test_npy(test_digits: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's test digits (uint8) as one .npy file."""
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        images = npz["test_images"][:200]
+    images = test_digits[:200]
     path = tmp_path_factory.mktemp("inputs") / "test.npy"
     np.save(path, images)
     return path
 
 
-def test_info(bundle_dir: str, tmp_path: Path):
+def test_info(bundle_dir: Path, tmp_path: Path):
     out = cli(["info", "--bundle", bundle_dir], tmp_path).stdout
     assert "vae_decoder_int8" in out and "negative_elbo >" in out and "latent_dim  " in out
     manifest = json.loads(cli(["info", "--bundle", bundle_dir, "--json"], tmp_path).stdout)
     assert manifest["format_version"] == 1
 
 
-def test_generate_png_grid_npy_and_given_z(bundle_dir: str, tmp_path: Path):
+def test_generate_png_grid_npy_and_given_z(bundle_dir: Path, tmp_path: Path):
     cli(["generate", "--bundle", bundle_dir, "--n", "100", "--out", "digits.png"], tmp_path)
     with Image.open(tmp_path / "digits.png") as img:
         assert img.size == (10 * 30 - 2, 10 * 30 - 2) and img.mode == "L"
@@ -66,7 +60,7 @@ def test_generate_png_grid_npy_and_given_z(bundle_dir: str, tmp_path: Path):
         assert img.size == (2 * (6 * 30 - 2), 2 * (6 * 30 - 2))
 
 
-def test_encode_csv_and_npy(bundle_dir: str, test_npy: Path, tmp_path: Path):
+def test_encode_csv_and_npy(bundle_dir: Path, test_npy: Path, tmp_path: Path):
     cli(["encode", "--bundle", bundle_dir, str(test_npy), "--out", "lat.csv"], tmp_path)
     rows = list(csv.DictReader((tmp_path / "lat.csv").open()))
     assert len(rows) == 200 and rows[199]["index"] == "199" and rows[0]["source"] == str(test_npy)
@@ -82,7 +76,7 @@ def test_encode_csv_and_npy(bundle_dir: str, test_npy: Path, tmp_path: Path):
     np.testing.assert_allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-6)
 
 
-def test_score_csv_matches_the_api(bundle_dir: str, test_npy: Path, tmp_path: Path):
+def test_score_csv_matches_the_api(bundle_dir: Path, test_npy: Path, tmp_path: Path):
     folder = tmp_path / "pngs"
     folder.mkdir()
     images = np.load(test_npy)
@@ -110,7 +104,7 @@ def test_score_csv_matches_the_api(bundle_dir: str, test_npy: Path, tmp_path: Pa
     assert "scored 200 images with the ae" in stdout.stderr
 
 
-def test_bad_input_and_tampered_bundle_exit_2(bundle_dir: str, tmp_path: Path):
+def test_bad_input_and_tampered_bundle_exit_2(bundle_dir: Path, tmp_path: Path):
     bad = np.zeros((5, 28, 28), np.float32)
     bad[3, 1, 1] = np.nan
     np.save(tmp_path / "bad.npy", bad)

@@ -16,21 +16,15 @@ from export.bundle import Bundle, BundleError
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> Path:
-    return export_run / "export"
-
-
-@pytest.fixture(scope="module")
-def clean(export_run: Path) -> np.ndarray:
+def clean(test_digits: np.ndarray) -> np.ndarray:
     """The smoke run's test digits, (n, 28, 28) float32 in [0, 1]."""
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        return npz["test_images"][:200].astype(np.float32) / 255.0
+    return test_digits[:200].astype(np.float32) / 255.0
 
 
 @pytest.fixture(scope="module")
-def noisy(clean: np.ndarray, bundle_dir: Path) -> np.ndarray:
+def noisy(clean: np.ndarray, bundle: Bundle) -> np.ndarray:
     """``clean`` with the clipped Gaussian noise the denoiser was trained on."""
-    sigma = Bundle.load(bundle_dir).denoiser_sigma()
+    sigma = bundle.denoiser_sigma()
     noise = np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
     return np.clip(clean + np.float32(sigma) * noise, 0.0, 1.0)
 

@@ -28,11 +28,6 @@ needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the edge extra (onnx) is n
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> Path:
-    return export_run / "export"
-
-
-@pytest.fixture(scope="module")
 def edge_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not HAS_ONNX:
         pytest.skip("the edge extra (onnx) is not installed")

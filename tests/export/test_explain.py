@@ -12,22 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_export_cli  # tests/ is on sys.path (rootdir conftest)
+from conftest import read_run_digits, run_export_cli  # tests/ is on sys.path (rootdir conftest)
 
 from export import scoring
 from export.bundle import Bundle, BundleError
 
 
 @pytest.fixture(scope="module")
-def bundle(export_run: Path) -> Bundle:
-    return Bundle.load(export_run / "export")
-
-
-@pytest.fixture(scope="module")
-def splits(export_run: Path) -> dict[str, np.ndarray]:
+def run_splits(export_run: Path) -> dict[str, np.ndarray]:
     """The run's validation and test digits as float32 in [0, 1]."""
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        return {s: npz[f"{s}_images"].astype(np.float32) / 255.0 for s in ("validation", "test")}
+    return {
+        s: read_run_digits(export_run, s).astype(np.float32) / 255.0 for s in ("validation", "test")
+    }
 
 
 def ks_uniform_distance(p: np.ndarray) -> float:
@@ -43,18 +39,18 @@ KS_CRITICAL_1PCT = 1.628  # sqrt(-log(0.01 / 2) / 2): reject uniformity above th
 
 
 @pytest.mark.parametrize("model", ["ae", "vae"])
-def test_p_values_are_uniform_for_normal_digits(bundle, splits, model):
+def test_p_values_are_uniform_for_normal_digits(bundle, run_splits, model):
     """The validation digits, rescored by the runtime from their pixels, reproduce the stored
     reference and get p-values that a KS test at 1% cannot tell from uniform."""
     stored = bundle.validation_scores(model)
-    rescored = bundle.score(splits["validation"], model)
+    rescored = bundle.score(run_splits["validation"], model)
     np.testing.assert_allclose(np.sort(rescored), stored, rtol=1e-5)
     p = bundle.p_values(rescored, model)
     assert p.min() > 0 and p.max() <= 1
     distance = ks_uniform_distance(p)
     assert distance < KS_CRITICAL_1PCT / math.sqrt(len(p)), distance
     # and the same test tells them from the p-values of the same digits brightened by 0.5
-    bright = np.clip(splits["validation"] + np.float32(0.5), 0.0, 1.0)
+    bright = np.clip(run_splits["validation"] + np.float32(0.5), 0.0, 1.0)
     assert ks_uniform_distance(bundle.p_values(bundle.score(bright, model), model)) > 0.5
     # an image scoring above every validation digit gets the smallest p-value there is
     assert bundle.p_values(np.array([stored.max() + 1.0]), model)[0] == 1 / (len(stored) + 1)
@@ -68,8 +64,8 @@ def test_p_values_definition():
 
 
 @pytest.mark.parametrize("model", ["ae", "vae"])
-def test_pixel_maps_add_up_to_the_score(bundle, splits, model):
-    images = splits["test"][:40]
+def test_pixel_maps_add_up_to_the_score(bundle, run_splits, model):
+    images = run_splits["test"][:40]
     scores, maps = bundle.score_and_maps(images, model)
     assert maps.shape == (40, 28, 28) and maps.dtype == np.float32 and (maps >= 0).all()
     np.testing.assert_array_equal(scores, bundle.score(images, model))
@@ -105,15 +101,17 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_fpr_and_threshold_override_the_calibrated_threshold(export_run, bundle, splits, tmp_path):
-    np.save(tmp_path / "test.npy", splits["test"])
+def test_fpr_and_threshold_override_the_calibrated_threshold(
+    export_run, bundle, run_splits, tmp_path
+):
+    np.save(tmp_path / "test.npy", run_splits["test"])
     args = ["score", "test.npy", "--bundle", str(export_run / "export"), "--model", "vae"]
     run_export_cli([*args, "--fpr", "0.05", "--out", "fpr.csv"], tmp_path)
     flagged = np.mean([r["anomaly"] == "1" for r in _rows(tmp_path / "fpr.csv")])
-    n = len(splits["test"])
+    n = len(run_splits["test"])
     assert abs(flagged - 0.05) < 3 * math.sqrt(0.05 * 0.95 / n)  # about 5% of clean digits
     threshold = bundle.threshold_at(0.05, "vae")
-    scores = bundle.score(splits["test"], "vae")
+    scores = bundle.score(run_splits["test"], "vae")
     assert flagged == np.mean(scores > threshold)
     proc = run_export_cli(
         [*args, "--threshold", f"{np.median(scores)}", "--out", "t.csv"], tmp_path
@@ -127,10 +125,10 @@ def test_fpr_and_threshold_override_the_calibrated_threshold(export_run, bundle,
     assert bad.returncode == 2 and "--fpr must be in (0, 1)" in bad.stderr
 
 
-def test_maps_folder_holds_each_inputs_maps_in_row_order(export_run, bundle, splits, tmp_path):
+def test_maps_folder_holds_each_inputs_maps_in_row_order(export_run, bundle, run_splits, tmp_path):
     from PIL import Image
 
-    digits = (splits["test"][:30] * 255).round().astype(np.uint8)
+    digits = (run_splits["test"][:30] * 255).round().astype(np.uint8)
     np.save(tmp_path / "a.npy", digits[:20])
     (tmp_path / "pngs").mkdir()
     for i in range(20, 30):
@@ -156,7 +154,7 @@ def test_maps_folder_holds_each_inputs_maps_in_row_order(export_run, bundle, spl
         assert picture.size[0] > 28 * 8
 
 
-def test_a_bundle_without_validation_scores_still_scores(export_run, splits, tmp_path):
+def test_a_bundle_without_validation_scores_still_scores(export_run, run_splits, tmp_path):
     old = Path(shutil.copytree(export_run / "export", tmp_path / "old"))
     manifest = json.loads((old / "manifest.json").read_text())
     entry = manifest["anomaly"].pop("validation_scores")
@@ -165,7 +163,7 @@ def test_a_bundle_without_validation_scores_still_scores(export_run, splits, tmp
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="stores no validation scores"):
         Bundle.load(old).p_values(np.zeros(3))
-    np.save(tmp_path / "test.npy", splits["test"][:10])
+    np.save(tmp_path / "test.npy", run_splits["test"][:10])
     proc = run_export_cli(["score", "test.npy", "--bundle", str(old), "--out", "s.csv"], tmp_path)
     assert {r["p_value"] for r in _rows(tmp_path / "s.csv")} == {""}
     assert "stores no validation scores" in proc.stderr

@@ -39,11 +39,6 @@ def need_ort_dist() -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> Path:
-    return export_run / "export"
-
-
-@pytest.fixture(scope="module")
 def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site")
     cli(

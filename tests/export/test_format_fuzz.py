@@ -31,7 +31,6 @@ import pytest
 from PIL import Image
 
 from export.__main__ import main as cli_main
-from export.bundle import Bundle
 from export.inputs import (
     Chunk,
     InputError,
@@ -54,14 +53,6 @@ BATCH = 5  # small, so that files span several batches
 
 
 # -- the real files ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits(mirror: Path) -> np.ndarray:
-    """The first N_DIGITS real test digits, uint8 (n, 28, 28), from the mirror's IDX file."""
-    with gzip.open(mirror / "t10k-images-idx3-ubyte.gz", "rb") as fh:
-        raw = fh.read(16 + N_DIGITS * 784)
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(N_DIGITS, 28, 28).copy()
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
@@ -329,12 +320,8 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 
 
-@pytest.fixture(scope="module")
-def bundle(export_run: Path) -> Bundle:
-    return Bundle.load(export_run / "export")
-
-
-def test_reader_cases_end_in_images_or_named_errors(digits, bundle, tmp_path):
+def test_reader_cases_end_in_images_or_named_errors(mirror_digits, bundle, tmp_path):
+    digits = mirror_digits[:N_DIGITS]
     rng = np.random.default_rng(int(os.environ.get("FORMAT_FUZZ_SEED", "20261202")))
     tried: Counter[str] = Counter()
     outcome: Counter[str] = Counter()
@@ -379,8 +366,9 @@ def test_reader_cases_end_in_images_or_named_errors(digits, bundle, tmp_path):
 
 @pytest.mark.parametrize("command", ["score", "encode", "denoise"])
 def test_commands_end_in_output_errors_file_or_one_line(
-    digits, export_run, tmp_path, capsys, command
+    mirror_digits, export_run, tmp_path, capsys, command
 ):
+    digits = mirror_digits[:N_DIGITS]
     rng = np.random.default_rng({"score": 1, "encode": 2, "denoise": 3}[command])
     bundle_dir = str(export_run / "export")
     generator = cases(rng, digits)

@@ -17,14 +17,6 @@ from export.inputs import InputError, as_images, iter_chunks, read_images
 N = 40
 
 
-@pytest.fixture(scope="module")
-def digits(mirror: Path) -> np.ndarray:
-    """The first N real test digits, uint8 (N, 28, 28), read straight from the mirror's IDX file."""
-    with gzip.open(mirror / "t10k-images-idx3-ubyte.gz", "rb") as fh:
-        raw = fh.read()
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:N].copy()
-
-
 def _expected(digits: np.ndarray) -> np.ndarray:
     return digits.astype(np.float32) / np.float32(255.0)
 
@@ -38,7 +30,8 @@ def _write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
     return path
 
 
-def test_idx_from_the_mirror_reads_all_test_digits(mirror: Path, digits: np.ndarray):
+def test_idx_from_the_mirror_reads_all_test_digits(mirror: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     images = read_images(mirror / "t10k-images-idx3-ubyte.gz")
     assert images.shape == (10_000, 28, 28) and images.dtype == np.float32
     np.testing.assert_array_equal(images[:N], _expected(digits))
@@ -46,7 +39,8 @@ def test_idx_from_the_mirror_reads_all_test_digits(mirror: Path, digits: np.ndar
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_idx_gz_and_raw(tmp_path: Path, digits: np.ndarray, gz: bool):
+def test_idx_gz_and_raw(tmp_path: Path, mirror_digits: np.ndarray, gz: bool):
+    digits = mirror_digits[:N]
     path = _write_idx(tmp_path / ("d.idx3-ubyte" + (".gz" if gz else "")), digits, gz)
     np.testing.assert_array_equal(read_images(path), _expected(digits))
 
@@ -54,7 +48,8 @@ def test_idx_gz_and_raw(tmp_path: Path, digits: np.ndarray, gz: bool):
 @pytest.mark.parametrize(
     "layout", [lambda d: d, lambda d: d.reshape(len(d), 784), lambda d: d[..., None]]
 )
-def test_npy_layouts_and_dtypes(tmp_path: Path, digits: np.ndarray, layout):
+def test_npy_layouts_and_dtypes(tmp_path: Path, mirror_digits: np.ndarray, layout):
+    digits = mirror_digits[:N]
     expected = _expected(digits)
     np.save(tmp_path / "u8.npy", layout(digits))
     np.save(tmp_path / "f32.npy", layout(expected))
@@ -63,13 +58,15 @@ def test_npy_layouts_and_dtypes(tmp_path: Path, digits: np.ndarray, layout):
         np.testing.assert_allclose(read_images(tmp_path / name), expected, atol=1e-7)
 
 
-def test_single_images_in_every_layout(digits: np.ndarray):
+def test_single_images_in_every_layout(mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     one = digits[3]
     for array in (one, one.reshape(784), one[..., None]):
         np.testing.assert_array_equal(as_images(array), _expected(digits[3:4]))
 
 
-def test_npz_only_array_images_key_and_named_key(tmp_path: Path, digits: np.ndarray):
+def test_npz_only_array_images_key_and_named_key(tmp_path: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     np.savez(tmp_path / "one.npz", anything=digits)
     np.savez(tmp_path / "named.npz", images=digits, labels=np.arange(N))
     np.savez(tmp_path / "splits.npz", train_images=digits[:5], test_images=digits)
@@ -81,7 +78,8 @@ def test_npz_only_array_images_key_and_named_key(tmp_path: Path, digits: np.ndar
         read_images(f"{tmp_path / 'splits.npz'}:nope")
 
 
-def test_png_file_folder_and_rgb(tmp_path: Path, digits: np.ndarray):
+def test_png_file_folder_and_rgb(tmp_path: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i in range(5):
@@ -96,7 +94,8 @@ def test_png_file_folder_and_rgb(tmp_path: Path, digits: np.ndarray):
     np.testing.assert_array_equal(np.concatenate([c.images for c in chunks]), _expected(digits[:6]))
 
 
-def test_csv_with_kaggle_header_integers_and_floats(tmp_path: Path, digits: np.ndarray):
+def test_csv_with_kaggle_header_integers_and_floats(tmp_path: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     flat = digits.reshape(N, 784)
     with (tmp_path / "kaggle.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -108,7 +107,8 @@ def test_csv_with_kaggle_header_integers_and_floats(tmp_path: Path, digits: np.n
     np.testing.assert_allclose(read_images(tmp_path / "floats.csv"), _expected(digits), atol=1e-7)
 
 
-def test_chunks_carry_source_and_start(tmp_path: Path, digits: np.ndarray):
+def test_chunks_carry_source_and_start(tmp_path: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     np.save(tmp_path / "d.npy", digits)
     chunks = list(iter_chunks(tmp_path / "d.npy", chunk_size=16))
     assert [c.start for c in chunks] == [0, 16, 32]
@@ -121,7 +121,8 @@ def _npy(tmp_path: Path, array: np.ndarray, name: str = "bad.npy") -> Path:
     return tmp_path / name
 
 
-def test_bad_arrays_name_source_and_index(tmp_path: Path, digits: np.ndarray):
+def test_bad_arrays_name_source_and_index(tmp_path: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     good = _expected(digits)
     cases = []
     nan = good.copy()
@@ -144,14 +145,18 @@ def test_bad_arrays_name_source_and_index(tmp_path: Path, digits: np.ndarray):
             read_images(_npy(tmp_path, array))
 
 
-def test_errors_in_later_chunks_report_the_index_in_the_source(tmp_path: Path, digits: np.ndarray):
+def test_errors_in_later_chunks_report_the_index_in_the_source(
+    tmp_path: Path, mirror_digits: np.ndarray
+):
+    digits = mirror_digits[:N]
     bad = _expected(digits)
     bad[37, 10, 10] = 2.0
     with pytest.raises(InputError, match=r"bad\.npy\[37\]: pixel value 2.0"):
         list(iter_chunks(_npy(tmp_path, bad), chunk_size=16))
 
 
-def test_bad_files_are_named(tmp_path: Path, digits: np.ndarray):
+def test_bad_files_are_named(tmp_path: Path, mirror_digits: np.ndarray):
+    digits = mirror_digits[:N]
     with pytest.raises(InputError, match=r"nowhere\.npy: no such file"):
         read_images(tmp_path / "nowhere.npy")
     (tmp_path / "empty").mkdir()

@@ -27,26 +27,22 @@ def salted(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> str:
-    return str(export_run / "export")
-
-
-@pytest.fixture(scope="module")
-def digits(export_run: Path) -> tuple[np.ndarray, np.ndarray]:
+def normal_and_salted(test_digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(normal, anomalous) uint8 digits: real test digits, and other test digits salted."""
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        test = npz["test_images"]
+    test = test_digits
     assert len(test) >= N_NORMAL + N_ANOMALY
     return test[:N_NORMAL], salted(test[N_NORMAL : N_NORMAL + N_ANOMALY], seed=0)
 
 
 @pytest.fixture(scope="module")
 def scored_folders(
-    bundle_dir: str, digits: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+    bundle_dir: Path,
+    normal_and_salted: tuple[np.ndarray, np.ndarray],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """``digits/normal/*.png`` and ``digits/anomaly/*.png`` scored by the AE into scores.csv."""
     root = tmp_path_factory.mktemp("evaluate")
-    for name, images in zip(("normal", "anomaly"), digits, strict=True):
+    for name, images in zip(("normal", "anomaly"), normal_and_salted, strict=True):
         (root / "digits" / name).mkdir(parents=True)
         for i, image in enumerate(images):
             Image.fromarray(image).save(root / "digits" / name / f"{i:04d}.png")
@@ -63,7 +59,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def expected(bundle_dir: str, digits: tuple[np.ndarray, np.ndarray], model: str) -> dict:
+def expected(bundle_dir: Path, digits: tuple[np.ndarray, np.ndarray], model: str) -> dict:
     """The metrics of the bundle's own scores of ``digits``, straight from export.metrics."""
     bundle = Bundle.load(bundle_dir)
     scores = np.concatenate([bundle.score(d, model) for d in digits]).astype(np.float64)
@@ -80,7 +76,7 @@ def expected(bundle_dir: str, digits: tuple[np.ndarray, np.ndarray], model: str)
 
 
 def test_labels_from_folders_match_the_metrics_of_the_bundle_scores(
-    scored_folders: Path, bundle_dir: str, digits: tuple[np.ndarray, np.ndarray]
+    scored_folders: Path, bundle_dir: Path, normal_and_salted: tuple[np.ndarray, np.ndarray]
 ):
     proc = cli(
         ["evaluate", "scores.csv", "--label-from-folder", "--bundle", bundle_dir, "--model", "ae"]
@@ -88,7 +84,7 @@ def test_labels_from_folders_match_the_metrics_of_the_bundle_scores(
         scored_folders,
     )
     result = json.loads((scored_folders / "eval.json").read_text())
-    want = expected(bundle_dir, digits, "ae")
+    want = expected(bundle_dir, normal_and_salted, "ae")
     assert (result["rows"], result["positives"], result["negatives"]) == (
         N_NORMAL + N_ANOMALY,
         N_ANOMALY,
@@ -146,7 +142,7 @@ def test_a_labels_file_and_a_label_column_give_the_same_numbers(scored_folders: 
 
 
 def test_parquet_scores_and_a_given_threshold(
-    scored_folders: Path, bundle_dir: str, digits: tuple[np.ndarray, np.ndarray]
+    scored_folders: Path, bundle_dir: Path, normal_and_salted: tuple[np.ndarray, np.ndarray]
 ):
     try:
         import pyarrow  # noqa: F401
@@ -159,7 +155,7 @@ def test_parquet_scores_and_a_given_threshold(
         ["score", "digits/normal", "digits/anomaly", "--bundle", bundle_dir, "--out", "s.parquet"],
         scored_folders,
     )
-    want = expected(bundle_dir, digits, "vae")
+    want = expected(bundle_dir, normal_and_salted, "vae")
     threshold = float(np.median(want["scores"]))
     cli(
         ["evaluate", "s.parquet", "--label-from-folder", "--threshold", str(threshold)]

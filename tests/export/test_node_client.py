@@ -43,17 +43,6 @@ def node(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
     return proc
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> Path:
-    return export_run / "export"
-
-
-@pytest.fixture(scope="module")
-def digits(export_run: Path) -> np.ndarray:
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        return npz["test_images"][:48]  # uint8
-
-
 def latent_text(z: np.ndarray) -> str:
     return ";".join(",".join(repr(float(v)) for v in row) for row in z)
 
@@ -115,7 +104,8 @@ def test_decoded_pixels_equal_the_runtime(bundle_dir: Path, tmp_path: Path):
     check_decode(bundle_dir, tmp_path)
 
 
-def test_scores_equal_the_runtime(bundle_dir: Path, digits: np.ndarray, tmp_path: Path):
+def test_scores_equal_the_runtime(bundle_dir: Path, test_digits: np.ndarray, tmp_path: Path):
+    digits = test_digits[:48]
     check_scores(bundle_dir, digits, tmp_path)
 
 
@@ -182,8 +172,9 @@ def test_a_tampered_model_is_refused(bundle_dir: Path, tmp_path: Path):
     importlib.util.find_spec("onnx") is None, reason="the edge extra (onnx) is not installed"
 )
 def test_the_edge_folder_gives_the_same_numbers(
-    bundle_dir: Path, digits: np.ndarray, tmp_path: Path
+    bundle_dir: Path, test_digits: np.ndarray, tmp_path: Path
 ):
+    digits = test_digits[:48]
     edge = tmp_path / "edge"
     cli(["edge", "--bundle", str(bundle_dir), "--out", str(edge)], tmp_path)
     check_decode(edge, tmp_path)
@@ -194,10 +185,11 @@ def test_the_edge_folder_gives_the_same_numbers(
     importlib.util.find_spec("onnx") is None, reason="onnx is needed to build a scorer graph"
 )
 def test_a_scorer_graph_is_run_when_the_bundle_has_one(
-    bundle_dir: Path, digits: np.ndarray, tmp_path: Path
+    bundle_dir: Path, test_digits: np.ndarray, tmp_path: Path
 ):
     """A stand-in scorer (images -> score = sum of pixels, anomaly = score > 100) added to a copy
     of the bundle: at fp32 the client prints the graph's numbers, at int8 its own."""
+    digits = test_digits[:48]
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

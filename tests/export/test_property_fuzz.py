@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from export.bundle import Bundle
 from export.inputs import InputError, as_images, read_images
 
 pytestmark = pytest.mark.slow
@@ -172,11 +171,6 @@ def test_files_read_right_or_refuse(kind, data):
             np.testing.assert_array_equal(got, expected)
             return
         np.testing.assert_array_equal(read_images(path), expected)
-
-
-@pytest.fixture(scope="module")
-def bundle(export_run: Path) -> Bundle:
-    return Bundle.load(export_run / "export")
 
 
 @FUZZ

@@ -9,18 +9,12 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import run_export_cli as cli  # tests/ is on sys.path (rootdir conftest)
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from export import provenance
 from export.bundle import Bundle, sha256_file
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> str:
-    return str(export_run / "export")
 
 
 def record_of(path: Path) -> dict:
@@ -38,12 +32,12 @@ def rewrite(path: Path, out: Path, pixels: np.ndarray | None = None, text: str |
     Image.fromarray(array if pixels is None else pixels).save(out, pnginfo=info)
 
 
-def verify(image: Path, bundle_dir: str, cwd: Path):
+def verify(image: Path, bundle_dir: Path, cwd: Path):
     proc = cli(["verify", str(image), "--bundle", bundle_dir], cwd, check=False)
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_sample_png_records_its_making_and_verifies(bundle_dir: str, tmp_path: Path):
+def test_sample_png_records_its_making_and_verifies(bundle_dir: Path, tmp_path: Path):
     cli(
         ["generate", "--bundle", bundle_dir, "--n", "12", "--seed", "7", "--out", "s.png"], tmp_path
     )
@@ -67,7 +61,7 @@ def test_sample_png_records_its_making_and_verifies(bundle_dir: str, tmp_path: P
     assert code == 0 and out.startswith("generated:") and "12 digits" in out, out
 
 
-def test_grid_png_records_every_cell_and_int8_verifies(bundle_dir: str, tmp_path: Path):
+def test_grid_png_records_every_cell_and_int8_verifies(bundle_dir: Path, tmp_path: Path):
     cli(
         ["generate", "--bundle", bundle_dir, "--grid", "5", "--model", "ae", "--scale", "2"]
         + ["--precision", "int8", "--out", "g.png"],
@@ -82,14 +76,14 @@ def test_grid_png_records_every_cell_and_int8_verifies(bundle_dir: str, tmp_path
     assert code == 0 and "int8" in out, out
 
 
-def test_given_latents_verify(bundle_dir: str, tmp_path: Path):
+def test_given_latents_verify(bundle_dir: Path, tmp_path: Path):
     cli(["generate", "--bundle", bundle_dir, "--z", "0.4,0.4;-1,2", "--out", "z.png"], tmp_path)
     four = float(np.float32(0.4))  # the float32 the decoder saw, exactly
     assert record_of(tmp_path / "z.png")["z"] == [[four, four], [-1.0, 2.0]]
     assert verify(tmp_path / "z.png", bundle_dir, tmp_path)[0] == 0
 
 
-def test_altered_pixels_and_altered_records_are_caught(bundle_dir: str, tmp_path: Path):
+def test_altered_pixels_and_altered_records_are_caught(bundle_dir: Path, tmp_path: Path):
     cli(["generate", "--bundle", bundle_dir, "--n", "9", "--out", "d.png"], tmp_path)
     with Image.open(tmp_path / "d.png") as img:
         pixels = np.asarray(img).copy()
@@ -124,7 +118,7 @@ def test_altered_pixels_and_altered_records_are_caught(bundle_dir: str, tmp_path
     assert code == 1 and "40 x 40" in out, out
 
 
-def test_foreign_images_carry_no_provenance(export_run: Path, bundle_dir: str, tmp_path: Path):
+def test_foreign_images_carry_no_provenance(export_run: Path, bundle_dir: Path, tmp_path: Path):
     with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
         digit = npz["test_images"][0]
     Image.fromarray(digit).save(tmp_path / "real.png")
@@ -141,7 +135,7 @@ def test_foreign_images_carry_no_provenance(export_run: Path, bundle_dir: str, t
     assert code == 2 and "manifest.json: missing" in out, out
 
 
-def test_picture_of_another_bundle(bundle_dir: str, tmp_path: Path):
+def test_picture_of_another_bundle(bundle_dir: Path, tmp_path: Path):
     cli(["generate", "--bundle", bundle_dir, "--n", "4", "--out", "d.png"], tmp_path)
     other = tmp_path / "other"
     shutil.copytree(bundle_dir, other)
@@ -152,7 +146,7 @@ def test_picture_of_another_bundle(bundle_dir: str, tmp_path: Path):
     assert code == 4 and out.startswith("other-bundle:"), out
 
 
-def test_npy_output_is_unchanged(bundle_dir: str, tmp_path: Path):
+def test_npy_output_is_unchanged(bundle_dir: Path, tmp_path: Path):
     cli(["generate", "--bundle", bundle_dir, "--n", "5", "--seed", "3", "--out", "s.npy"], tmp_path)
     np.testing.assert_array_equal(
         np.load(tmp_path / "s.npy"), Bundle.load(bundle_dir).sample(5, seed=3)

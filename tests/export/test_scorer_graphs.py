@@ -23,20 +23,9 @@ RTOL = 1e-4  # the scorer's score against Bundle.score, relative
 
 
 @pytest.fixture(scope="module")
-def bundle(export_run: Path) -> Bundle:
-    return Bundle.load(export_run / "export")
-
-
-@pytest.fixture(scope="module")
-def digits(export_run: Path) -> np.ndarray:
-    """The run's test digits, (n, 28, 28) float32 in [0, 1], as the runtime reads them."""
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        return as_images(npz["test_images"])
-
-
-@pytest.fixture(scope="module")
-def corrupted(digits: np.ndarray) -> np.ndarray:
+def corrupted(test_digits: np.ndarray) -> np.ndarray:
     """Damaged copies of the test digits: clipped noise, inverted, pixels shuffled, blanked."""
+    digits = as_images(test_digits)
     rng = np.random.default_rng(7)
     x = digits[:64]
     noisy = np.clip(x + rng.normal(0.0, 0.4, x.shape), 0.0, 1.0)
@@ -59,8 +48,9 @@ def _metadata(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_scorer_gives_bundle_score_and_flags(
-    bundle: Bundle, digits: np.ndarray, corrupted: np.ndarray, kind: str
+    bundle: Bundle, test_digits: np.ndarray, corrupted: np.ndarray, kind: str
 ):
+    digits = as_images(test_digits)
     session = _session(bundle, kind)
     assert [i.name for i in session.get_inputs()] == ["images"]
     assert [(o.name, o.type) for o in session.get_outputs()] == [
@@ -83,7 +73,8 @@ def test_scorer_gives_bundle_score_and_flags(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_scorer_batch_axis_is_dynamic(bundle: Bundle, digits: np.ndarray, kind: str):
+def test_scorer_batch_axis_is_dynamic(bundle: Bundle, test_digits: np.ndarray, kind: str):
+    digits = as_images(test_digits)
     session = _session(bundle, kind)
     together = session.run(["score"], {"images": digits[:33]})[0]
     apart = np.concatenate([session.run(["score"], {"images": d[None]})[0] for d in digits[:33]])
@@ -141,8 +132,11 @@ def test_manifest_lists_the_scorers(bundle: Bundle):
         assert entry["check"]["anomaly_mismatches"] == 0
 
 
-def test_bundle_without_scorers_still_loads(bundle: Bundle, digits: np.ndarray, tmp_path: Path):
+def test_bundle_without_scorers_still_loads(
+    bundle: Bundle, test_digits: np.ndarray, tmp_path: Path
+):
     """A bundle exported before the scorers existed loads and scores as before."""
+    digits = as_images(test_digits)
     folder = Path(shutil.copytree(bundle.directory, tmp_path / "bundle"))
     manifest = json.loads((folder / "manifest.json").read_text())
     for kind in KINDS:

@@ -20,17 +20,10 @@ from PIL import Image
 
 from export.bundle import Bundle
 from export.inputs import Chunk, RecordError, count_records, iter_records, read_images
-from export.sinks import csv_cell
+from export.scorefile import csv_cell
 
 N = 60
-
-
-@pytest.fixture(scope="module")
-def digits(mirror: Path) -> np.ndarray:
-    """The first N real test digits, uint8 (N, 28, 28), straight from the mirror's IDX file."""
-    with gzip.open(mirror / "t10k-images-idx3-ubyte.gz", "rb") as fh:
-        raw = fh.read(16 + N * 784)
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(N, 28, 28).copy()
+N_SCORED = 200  # the smoke run's test digits scored by the CLI tests
 
 
 def _idx(path: Path, array: np.ndarray, gz: bool, code: int = 0x08) -> Path:
@@ -58,8 +51,9 @@ def _split(items: list) -> tuple[list[Chunk], list[RecordError]]:
 
 
 @pytest.fixture(scope="module")
-def sources(digits: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sources(mirror_digits: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same digits in every format the readers accept."""
+    digits = mirror_digits[:N]
     d = tmp_path_factory.mktemp("formats")
     floats = digits.astype(np.float32) / np.float32(255.0)
     np.save(d / "u8.npy", digits)
@@ -93,7 +87,8 @@ def sources(digits: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dic
         "pngs",
     ],
 )
-def test_every_format_streams_the_same_pixels_in_bounded_chunks(sources, digits, name):
+def test_every_format_streams_the_same_pixels_in_bounded_chunks(sources, mirror_digits, name):
+    digits = mirror_digits[:N]
     items = list(iter_records([sources[name]], batch_size=7))
     chunks, errors = _split(items)
     assert errors == []
@@ -107,7 +102,8 @@ def test_every_format_streams_the_same_pixels_in_bounded_chunks(sources, digits,
     np.testing.assert_allclose(expected[:5], digits[:5] / np.float32(255.0), atol=1e-7)
 
 
-def test_bad_records_are_reported_with_source_and_index_and_the_rest_kept(digits, tmp_path):
+def test_bad_records_are_reported_with_source_and_index_and_the_rest_kept(mirror_digits, tmp_path):
+    digits = mirror_digits[:N]
     floats = digits.astype(np.float32) / np.float32(255.0)
     floats[3, 1, 1] = np.nan
     floats[10, 0, 0] = 2.0
@@ -183,10 +179,11 @@ print(total, rss("VmHWM") - baseline)
 
 
 @pytest.mark.parametrize("name", ["big.npy", "big.npz", "big-idx3-ubyte.gz"])
-def test_memory_stays_bounded_by_the_batch_not_the_file(digits, tmp_path, name):
+def test_memory_stays_bounded_by_the_batch_not_the_file(mirror_digits, tmp_path, name):
     """A 63 MB float32 .npy (memory mapped: its pages must be released as the read moves on)
     and 31 MB of uint8 digits in a deflated .npz and a gzipped IDX, read 256 at a time: the
     reader's resident memory (RSS, in a child process) grows by far less than the file."""
+    digits = mirror_digits[:N]
     n = 20_000 if name.endswith(".npy") else 40_000
     big = np.tile(digits, (n // N + 1, 1, 1))[:n]
     path = tmp_path / name
@@ -219,23 +216,13 @@ def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return run_export_cli(args, cwd, check=False)
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(export_run: Path) -> str:
-    return str(export_run / "export")
-
-
-@pytest.fixture(scope="module")
-def test_digits(export_run: Path) -> np.ndarray:
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        return npz["test_images"][:200]
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
 
 
 def test_score_skips_bad_records_writes_errors_and_exits_1(bundle_dir, test_digits, tmp_path):
+    test_digits = test_digits[:N_SCORED]
     floats = test_digits[:50].astype(np.float32) / np.float32(255.0)
     floats[7, 5, 5] = np.nan
     np.save(tmp_path / "bad.npy", floats)
@@ -286,6 +273,7 @@ def test_score_skips_bad_records_writes_errors_and_exits_1(bundle_dir, test_digi
 
 
 def test_batch_size_and_threads_do_not_change_the_scores(bundle_dir, test_digits, tmp_path):
+    test_digits = test_digits[:N_SCORED]
     np.save(tmp_path / "d.npy", test_digits)
     for batch, threads in (("4096", "0"), ("7", "1")):
         proc = cli(
@@ -302,6 +290,7 @@ def test_batch_size_and_threads_do_not_change_the_scores(bundle_dir, test_digits
 
 
 def test_parquet_output_matches_csv(bundle_dir, test_digits, tmp_path):
+    test_digits = test_digits[:N_SCORED]
     np.save(tmp_path / "d.npy", test_digits)
     proc = cli(["score", "--bundle", bundle_dir, "d.npy", "--out", "s.parquet"], tmp_path)
     try:
@@ -325,6 +314,7 @@ def test_parquet_output_matches_csv(bundle_dir, test_digits, tmp_path):
 
 
 def test_progress_bar_on_a_terminal(bundle_dir, test_digits, tmp_path):
+    test_digits = test_digits[:N_SCORED]
     np.save(tmp_path / "d.npy", test_digits)
     leader, follower = pty.openpty()
     try:
