@@ -2,11 +2,14 @@
 
     bundle = Bundle.load("artifacts/export")            # checks every sha256 first
     digits = bundle.sample(16, seed=0)                  # (16, 28, 28) float32 from the VAE prior
+    small = bundle.sample(16, seed=0, decoder="compact")  # the same draws, the compact decoder
     z = bundle.encode(images, model="vae")              # (n, latent_dim): the posterior mean
     flags = bundle.is_anomaly(images, model="vae")      # (n,) bool at the calibrated threshold
     clean = bundle.denoise(noisy_images)                # (n, 28, 28) float32: the denoiser
 
-``precision="int8"`` swaps in the int8 decoders (encoders stay fp32). The
+``precision="int8"`` swaps in the int8 decoders (encoders stay fp32). ``decoder="compact"``
+decodes the VAE's latents with the compact decoder distilled from the VAE's (bundles exported
+with the ``train_compact`` stage), a 70 k-weight model for small devices. The
 anomaly thresholds were calibrated with the fp32 models; int8 scores move by the recorded drift.
 """
 
@@ -30,6 +33,8 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 MODELS = ("ae", "vae")
 PRECISIONS = ("fp32", "int8")
+DECODERS = ("full", "compact")  # the model's own decoder, or the compact one (VAE latents)
+COMPACT = "compact_decoder"  # its role in the manifest
 SCORES = scoring.SCORES  # each model's anomaly score
 DENOISER = "denoiser"  # its role in the manifest; bundles exported before it have none
 # rows per session.run call: ONNX Runtime plans its buffers for the rows of a call, so this
@@ -115,7 +120,8 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 class Bundle:
-    """The exported AE, VAE (and denoiser) as ONNX Runtime sessions (CPU), one per model."""
+    """The exported AE, VAE (and compact decoder, denoiser) as ONNX Runtime sessions (CPU), one
+    per model."""
 
     def __init__(
         self, directory: Path, manifest: dict[str, Any], precision: str, threads: int | None = None
@@ -134,6 +140,11 @@ class Bundle:
                 self._sessions[f"{kind}_{part}"] = _open_session(
                     directory / manifest["models"][role]["file"], threads
                 )
+        if COMPACT in manifest["models"]:
+            role = COMPACT + ("_int8" if precision == "int8" else "")
+            self._sessions[COMPACT] = _open_session(
+                directory / manifest["models"][role]["file"], threads
+            )
         if DENOISER in manifest["models"]:  # fp32 whatever the precision: it is no decoder
             self._sessions[DENOISER] = _open_session(
                 directory / manifest["models"][DENOISER]["file"], threads
@@ -164,9 +175,9 @@ class Bundle:
             raise BundleError(
                 f"{manifest_path}: format_version {version!r}, this runtime reads {FORMAT_VERSION}"
             )
-        if precision == "int8" and not all(
-            f"{k}_decoder_int8" in manifest["models"] for k in MODELS
-        ):
+        decoders = [f"{k}_decoder" for k in MODELS]
+        decoders += [COMPACT] if COMPACT in manifest.get("models", {}) else []
+        if precision == "int8" and not all(f"{d}_int8" in manifest["models"] for d in decoders):
             raise BundleError(f"{directory}: the bundle has no int8 decoders")
         verify_files(directory, manifest)
         return cls(directory, manifest, precision, threads)
@@ -194,10 +205,32 @@ class Bundle:
 
     # -- the models ----------------------------------------------------------------------------
 
-    def generate(self, z: Any, model: str = "vae") -> np.ndarray:
-        """Decode latents z (n, latent_dim) -> pixels (n, 28, 28) float32 in [0, 1]."""
+    def decoder_role(self, model: str = "vae", decoder: str = "full") -> str:
+        """The manifest role of the decoder that ``generate(z, model, decoder)`` runs."""
         self._check_model(model)
-        return self._sessions[f"{model}_decoder"].run(self._check_z(z))["pixels"]
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if decoder == "full":
+            role = f"{model}_decoder"
+        elif model != "vae":
+            raise ValueError("the compact decoder decodes the VAE's latents: use model='vae'")
+        elif COMPACT not in self._sessions:
+            raise BundleError(
+                f"{self.directory}: the bundle has no compact decoder ({MANIFEST} lists no "
+                f"{COMPACT!r} model); export it again from a run with the train_compact stage"
+            )
+        else:
+            role = COMPACT
+        return role + ("_int8" if self.precision == "int8" else "")
+
+    def generate(self, z: Any, model: str = "vae", decoder: str = "full") -> np.ndarray:
+        """Decode latents z (n, latent_dim) -> pixels (n, 28, 28) float32 in [0, 1].
+
+        decoder: "full", the model's own decoder, or "compact", the small decoder distilled
+        from the VAE's (model "vae" only).
+        """
+        session = self.decoder_role(model, decoder).removesuffix("_int8")
+        return self._sessions[session].run(self._check_z(z))["pixels"]
 
     def prior_latents(self, n: int, seed: int | None = None) -> np.ndarray:
         """(n, latent_dim) float32 draws from N(0, I), the VAE prior, with numpy's PCG64."""
@@ -206,9 +239,9 @@ class Bundle:
         z = np.random.default_rng(seed).standard_normal((n, self.latent_dim))
         return z.astype(np.float32)
 
-    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+    def sample(self, n: int, seed: int | None = None, decoder: str = "full") -> np.ndarray:
         """``n`` digits decoded from z ~ N(0, I), the VAE prior: (n, 28, 28) float32."""
-        return self.generate(self.prior_latents(n, seed), "vae")
+        return self.generate(self.prior_latents(n, seed), "vae", decoder)
 
     def grid_latents(self, side: int, model: str = "vae") -> np.ndarray:
         """(side * side, latent_dim): a side x side lattice over the first two latent axes.
@@ -221,9 +254,9 @@ class Bundle:
         box = self.manifest["latent_boxes"][model]
         return lattice(box["low"], box["high"], side)
 
-    def grid(self, side: int = 10, model: str = "vae") -> np.ndarray:
+    def grid(self, side: int = 10, model: str = "vae", decoder: str = "full") -> np.ndarray:
         """Digits decoded over the latent lattice of ``grid_latents``: (side * side, 28, 28)."""
-        return self.generate(self.grid_latents(side, model), model)
+        return self.generate(self.grid_latents(side, model), model, decoder)
 
     def posterior(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """VAE encoder: images -> z_mean, z_log_var, each (n, latent_dim) float32."""

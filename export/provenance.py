@@ -6,7 +6,7 @@
     result.status                      # "generated", "altered", "other-bundle" or "no-provenance"
 
 The record is one JSON text chunk (PNG iTXt, key ``mnist-vae``): the sha256 of the bundle's
-``manifest.json`` and of the decoder file, the model and precision, every latent point (one per
+``manifest.json`` and of the decoder file, the model, decoder and precision, every latent point (one per
 digit, float32 values written exactly), the seed of prior draws, the grid layout and the tool's
 version. ``verify`` decodes the recorded latents again with the same bundle and compares the
 picture pixel for pixel (after the uint8 quantization of the PNG).
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import MANIFEST, MODELS, PRECISIONS, Bundle, BundleError
+from export.bundle import DECODERS, MANIFEST, MODELS, PRECISIONS, Bundle, BundleError
 from export.files import sha256_file
 from export.images import picture
 
@@ -45,10 +45,9 @@ def tool_version() -> str:
         return "unknown (not installed)"
 
 
-def decoder_file(bundle: Bundle, model: str) -> str:
-    """The decoder file ``bundle`` runs for ``model`` at its precision."""
-    role = f"{model}_decoder" + ("_int8" if bundle.precision == "int8" else "")
-    return bundle.manifest["models"][role]["file"]
+def decoder_file(bundle: Bundle, model: str, decoder: str = "full") -> str:
+    """The decoder file ``bundle`` runs for ``model`` (and ``decoder``) at its precision."""
+    return bundle.manifest["models"][bundle.decoder_role(model, decoder)]["file"]
 
 
 def record(
@@ -62,23 +61,26 @@ def record(
     columns: int | None = None,
     scale: int = 1,
     padding: int = 2,
+    decoder_kind: str = "full",
 ) -> dict[str, str]:
     """The PNG text chunks describing digits decoded from ``z`` (n, latent_dim) by ``bundle``.
 
     ``mode``: "sample" (z drawn from the prior with ``seed``), "grid" (the ``side`` x ``side``
     lattice of ``Bundle.grid_latents``) or "z" (given latents). ``columns``, ``scale`` and
-    ``padding`` are those given to ``save_grid``.
+    ``padding`` are those given to ``save_grid``; ``decoder_kind`` the ``decoder`` given to
+    ``Bundle.generate`` ("full" or "compact").
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     z = np.asarray(z, dtype=np.float32)
-    decoder = decoder_file(bundle, model)
+    decoder = decoder_file(bundle, model, decoder_kind)
     entry = {
         "format": RECORD_FORMAT,
         "tool": f"mnist-vae {tool_version()} (python -m export generate)",
         "bundle_manifest_sha256": sha256_file(bundle.directory / MANIFEST),
         "model": model,
         "precision": bundle.precision,
+        "decoder_kind": decoder_kind,
         "decoder": {"file": decoder, "sha256": bundle.manifest["files"][decoder]["sha256"]},
         "mode": mode,
         "seed": seed if mode == "sample" else None,
@@ -139,6 +141,8 @@ def _check_record(entry: dict[str, Any]) -> str | None:
         return f"unknown model {entry.get('model')!r} or precision {entry.get('precision')!r}"
     if entry.get("mode") not in MODES:
         return f"unknown mode {entry.get('mode')!r}"
+    if entry.get("decoder_kind", "full") not in DECODERS:
+        return f"unknown decoder kind {entry.get('decoder_kind')!r}"
     if not isinstance(entry.get("layout"), dict) or not isinstance(entry.get("z"), list):
         return "the record lacks its layout or latents"
     return None
@@ -168,7 +172,7 @@ def _render(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray | str:
     layout = entry["layout"]
     try:
         result = picture(
-            bundle.generate(z, model),
+            bundle.generate(z, model, entry.get("decoder_kind", "full")),
             columns=layout.get("columns"),
             scale=int(layout.get("scale", 1)),
             padding=int(layout.get("padding", 2)),
@@ -198,13 +202,17 @@ def verify(path: str | Path, bundle_dir: str | Path) -> Verdict:
             entry,
         )
     bundle = Bundle.load(bundle_dir, precision=entry["precision"])
-    decoder = decoder_file(bundle, entry["model"])
+    kind = entry.get("decoder_kind", "full")  # records made before the compact decoder: full
+    try:
+        decoder = decoder_file(bundle, entry["model"], kind)
+    except (ValueError, BundleError) as err:
+        return Verdict("altered", f"{path}: provenance record inconsistent: {err}", entry)
     expected_decoder = {"file": decoder, "sha256": bundle.manifest["files"][decoder]["sha256"]}
     if entry.get("decoder") != expected_decoder:
         return Verdict(
             "altered",
             f"{path}: the record names decoder {entry.get('decoder')}, but this bundle's "
-            f"{entry['model']} {entry['precision']} decoder is {expected_decoder}",
+            f"{entry['model']} {kind} {entry['precision']} decoder is {expected_decoder}",
             entry,
         )
     expected = _render(bundle, entry)
@@ -231,7 +239,8 @@ def verify(path: str | Path, bundle_dir: str | Path) -> Verdict:
     how = {"sample": f"prior draws, seed {entry['seed']}", "grid": "latent grid", "z": "given z"}
     return Verdict(
         "generated",
-        f"{path}: generated by {bundle_dir} ({n} digits, {entry['model']} decoder "
-        f"{entry['precision']}, {how[entry['mode']]}); pixel-exact",
+        f"{path}: generated by {bundle_dir} ({n} digits, {entry['model']} "
+        f"{'' if kind == 'full' else kind + ' '}decoder {entry['precision']}, "
+        f"{how[entry['mode']]}); pixel-exact",
         entry,
     )

@@ -3,6 +3,7 @@
     ae = build_autoencoder(ModelSpec(architecture="mlp", latent_dim=2))
     vae = build_vae(ModelSpec(architecture="conv", latent_dim=2), seed=1234)
     denoiser = build_autoencoder(ModelSpec(latent_dim=128), name="denoiser", prefix="denoiser")
+    compact = build_compact_decoder(CompactSpec(latent_dim=2))   # z -> pixels, 70k weights
 
 Every model takes images (n, 28, 28) float32 in [0, 1]; decoders return pixels (n, 28, 28) in
 [0, 1] (sigmoid). The tensor names (`images`, `z`, `z_mean`, `z_log_var`, `pixels`) are the ones
@@ -11,13 +12,14 @@ the ONNX export keeps.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 from keras import layers
 
-from models.layers import KLDivergence, Sampling
+from models.layers import KLDivergence, Sampling, sine
 
 IMAGE_SHAPE = (28, 28)
 
@@ -42,6 +44,24 @@ class ModelSpec:
             raise ValueError(f"latent_dim must be positive. Received: latent_dim={self.latent_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+
+
+@dataclass(frozen=True)
+class CompactSpec:
+    """The compact decoder's shape; mirrors the ``[compact]`` config section's model keys."""
+
+    latent_dim: int = 2
+    fourier_units: int = 64  # sin(W z + b): W ~ N(0, fourier_scale^2) at init, b ~ U(-pi, pi)
+    fourier_scale: float = 4.0
+    hidden_units: tuple[int, ...] = (128, 128)
+    rank: int = 48  # a linear bottleneck in front of the 784 logits; 0 for none
+
+    def __post_init__(self) -> None:
+        for key in ("latent_dim", "fourier_units"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive. Received: {key}={getattr(self, key)}")
+        if self.rank < 0:
+            raise ValueError(f"rank must be >= 0. Received: rank={self.rank}")
 
 
 def _dropout(x: keras.KerasTensor, spec: ModelSpec, name: str) -> keras.KerasTensor:
@@ -143,6 +163,27 @@ def build_vae(spec: ModelSpec, seed: int | None = None) -> keras.Model:
     z_mean, z_log_var = KLDivergence(beta=spec.beta, name="kl_divergence")([z_mean, z_log_var])
     z = Sampling(seed=seed, name="sampling")([z_mean, z_log_var])
     return keras.Model(images, decoder(z), name="vae")
+
+
+def build_compact_decoder(spec: CompactSpec, name: str = "compact_decoder") -> keras.Model:
+    """z (n, latent_dim) -> pixels (n, 28, 28) in [0, 1], small enough for a microcontroller-class
+    device: Fourier features of z (a smooth 2-D map needs few ReLU units after them), ReLU
+    layers, a low-rank linear map and the sigmoid pixels."""
+    z = keras.Input((spec.latent_dim,), name="z")
+    x = layers.Dense(
+        spec.fourier_units,
+        activation=sine,
+        kernel_initializer=keras.initializers.RandomNormal(0.0, spec.fourier_scale),
+        bias_initializer=keras.initializers.RandomUniform(-math.pi, math.pi),
+        name="fourier",
+    )(z)
+    for i, units in enumerate(spec.hidden_units):
+        x = layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+    if spec.rank:
+        x = layers.Dense(spec.rank, name="low_rank")(x)
+    x = layers.Dense(28 * 28, activation="sigmoid", name="dec_pixels")(x)
+    pixels = layers.Reshape(IMAGE_SHAPE, name="pixels")(x)
+    return keras.Model(z, pixels, name=name)
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -2,6 +2,7 @@
 
 z_mean, z_log_var = KLDivergence(beta=1.0)([z_mean, z_log_var])  # adds beta * KL to the loss
 z = Sampling(seed=7)([z_mean, z_log_var])
+x = layers.Dense(64, activation=sine)(z)  # Fourier features of a latent (the compact decoder)
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def kl_divergence(z_mean: Any, z_log_var: Any) -> Any:
     z_mean, z_log_var: (n, latent_dim) -> (n,)
     """
     return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def sine(x: Any) -> Any:
+    """sin(x) elementwise: the activation of Fourier features (exported as ONNX ``Sin``)."""
+    return ops.sin(x)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

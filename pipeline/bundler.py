@@ -3,9 +3,10 @@
     python run_pipeline.py --stages export
 
 Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
-``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``, the int8
-decoders ``*_decoder.int8.onnx`` (of several quantizations, the one with the least drift:
-``pipeline.quantization``), ``denoiser.onnx`` (noisy images -> pixels, checked on noisy test
+``vae_encoder.onnx`` (outputs ``z_mean``, ``z_log_var``), ``vae_decoder.onnx``,
+``compact_decoder.onnx`` (the small decoder of the VAE's latent, ``pipeline.compact``), the int8
+decoders ``*_decoder.int8.onnx`` (of several quantizations, the one chosen by measured drift
+and speed: ``pipeline.quantization``), ``denoiser.onnx`` (noisy images -> pixels, checked on noisy test
 digits), the anomaly scorers ``ae_scorer.onnx`` and
 ``vae_scorer.onnx`` (images -> score, anomaly; ``pipeline.scorers``), the ``.keras`` models
 under ``keras/``, ``validation_scores.npz`` (the validation digits' AE and VAE scores by the
@@ -19,7 +20,8 @@ equivalent. Every ONNX model must match Keras, element-wise within
 ``export.parity_samples`` test digits (the scorers: match ``export.scoring``), or the stage
 fails and leaves the previous ``export/`` untouched: the bundle is built in a temporary folder
 and renamed into place only at the end.
-Conversion, the parity check and quantization are ``pipeline.conversion``'s; this module
+Conversion and the parity check are ``pipeline.conversion``'s, quantization
+``pipeline.quantization``'s; this module
 gathers the stage's inputs, writes the test latents and the manifest, and swaps the folder in.
 The runtime that reads the bundle is the TensorFlow-free package ``export``
 (``python -m export``).
@@ -59,12 +61,13 @@ PRIOR_SAMPLES = 256  # extra decoder inputs drawn from N(0, I) for the parity an
 TEST_LATENTS = "test_latents.npz"
 VALIDATION_SCORES = "validation_scores.npz"
 DENOISER = "denoiser"  # its role in the manifest and its folder under --out
+COMPACT = "compact"  # the compact decoder's folder under --out (role "compact_decoder")
 
 
 def export_inputs(paths: Paths) -> list[Path]:
-    """Every Keras file of the three models, the evaluation's thresholds and boxes, the data."""
+    """Every Keras file of the models, the evaluation's thresholds and boxes, the data."""
     return [
-        *(path for kind in (*KINDS, DENOISER) for path in paths.keras_files(kind)),
+        *(path for kind in (*KINDS, COMPACT, DENOISER) for path in paths.keras_files(kind)),
         paths.summary_file(DENOISER),  # the noise it was trained on
         paths.eval_dir / "metrics.json",
         paths.eval_dir / "latent_boxes.json",
@@ -156,8 +159,9 @@ def export_autoencoder(
 
     images: (n, 28, 28) the parity digits; the decoder is checked on their latents plus
     ``PRIOR_SAMPLES`` prior draws. calibration: (m, 28, 28) the validation digits, whose
-    latents the int8 candidates are calibrated on (``pipeline.quantization``). Returns (manifest entries, opened files, parity records),
-    each keyed by role ("vae_encoder", "vae_decoder", "vae_decoder_int8").
+    latents the int8 candidates are calibrated on (``export_int8``). Returns (manifest entries,
+    opened files, parity records), each keyed by role ("vae_encoder", "vae_decoder",
+    "vae_decoder_int8").
     """
     encoder, decoder = models[f"{kind}_encoder"], models[f"{kind}_decoder"]
     z = _latent_inputs(keras_outputs(encoder, images)[0], cfg.train.seed)
@@ -166,27 +170,69 @@ def export_autoencoder(
         role = f"{kind}_{part}"
         opened[role], parity[role] = export_checked(model, role, x, folder, cfg)
         entries[role] = {"file": opened[role].path.name, "precision": "fp32"}
-    if not cfg.export.int8:
-        return entries, opened, parity
-    fp32 = opened[f"{kind}_decoder"]
+    if cfg.export.int8:
+        role = f"{kind}_decoder"
+        int8_role = f"{role}_int8"
+        entries[int8_role], opened[int8_role] = export_int8(
+            role, opened[role], opened[f"{kind}_encoder"], images, calibration, folder, cfg
+        )
+    return entries, opened, parity
+
+
+def export_compact(
+    models: dict[str, Any],
+    opened: dict[str, OnnxModel],
+    images: np.ndarray,
+    folder: Path,
+    cfg: Config,
+    calibration: np.ndarray,
+) -> tuple[dict[str, dict[str, Any]], dict[str, OnnxModel], dict[str, dict[str, float]]]:
+    """The compact decoder (``pipeline.compact``) as ONNX and its int8 copy, checked on the
+    VAE's latents of the parity digits ``images`` and prior draws, as the VAE decoder is.
+    Returns (manifest entries, opened files, parity records) keyed "compact_decoder" and
+    "compact_decoder_int8"."""
+    role = "compact_decoder"
+    z = _latent_inputs(opened["vae_encoder"].run(images)[0], cfg.train.seed)
+    onnx_model, parity = export_checked(models[role], role, z, folder, cfg)
+    entries = {role: {"file": onnx_model.path.name, "precision": "fp32", "decodes": "vae"}}
+    files = {role: onnx_model}
+    if cfg.export.int8:
+        entries[f"{role}_int8"], files[f"{role}_int8"] = export_int8(
+            role, onnx_model, opened["vae_encoder"], images, calibration, folder, cfg
+        )
+        entries[f"{role}_int8"]["decodes"] = "vae"
+    return entries, files, {role: parity}
+
+
+def export_int8(
+    role: str,
+    fp32: OnnxModel,
+    encoder: OnnxModel,
+    images: np.ndarray,
+    calibration: np.ndarray,
+    folder: Path,
+    cfg: Config,
+) -> tuple[dict[str, Any], OnnxModel]:
+    """The int8 copy of the decoder ``role`` (``pipeline.quantization`` chooses how), and its
+    manifest entry with the drift it measured on the parity digits' latents.
+
+    encoder: the exported fp32 encoder of the latent space the decoder reads; images: (n, 28,
+    28) the parity (test) digits; calibration: (m, 28, 28) the validation digits.
+    """
     # the latents a deployment would decode: the exported encoder's, plus prior draws
-    z_ort = _latent_inputs(opened[f"{kind}_encoder"].run(images)[0], cfg.train.seed)
+    z_ort = _latent_inputs(encoder.run(images)[0], cfg.train.seed)
     # the validation digits, never the test digits, decide: the candidates calibrate on one half
     # of them (their latents and other prior draws) and are chosen by their drift on the other
     # half; the test latents only measure the one kept (drift_vs_fp32)
-    encode = opened[f"{kind}_encoder"]
     half = len(calibration) // 2
-    z_cal = _latent_inputs(encode.run(calibration[:half])[0], cfg.train.seed + 1)
+    z_cal = _latent_inputs(encoder.run(calibration[:half])[0], cfg.train.seed + 1)
     held_out = calibration[half : half + len(images)]
-    z_choose = _latent_inputs(encode.run(held_out)[0], cfg.train.seed + 2)
-    int8, method, choice = quantization.choose(
-        fp32, folder / f"{kind}_decoder.int8.onnx", z_cal, z_choose
-    )
-    opened[f"{kind}_decoder_int8"] = int8
+    z_choose = _latent_inputs(encoder.run(held_out)[0], cfg.train.seed + 2)
+    int8, method, choice = quantization.choose(fp32, folder / f"{role}.int8.onnx", z_cal, z_choose)
     drift = measure_drift(fp32, int8, z_ort)
     choice["calibration"] = {"validation_digits": half, "prior_draws": PRIOR_SAMPLES}
     choice["chosen_on"] = {"validation_digits": len(held_out), "prior_draws": PRIOR_SAMPLES}
-    entries[f"{kind}_decoder_int8"] = {
+    entry = {
         "file": int8.path.name,
         "precision": "int8",
         "quantization": method,
@@ -199,12 +245,12 @@ def export_autoencoder(
         },
     }
     print(
-        f"export: {kind}_decoder int8: {int8.path.stat().st_size:,} bytes "
+        f"export: {role} int8: {int8.path.stat().st_size:,} bytes "
         f"(fp32 {fp32.path.stat().st_size:,}), pixel drift max {drift['max_abs']:.4f} "
         f"mean {drift['mean_abs']:.5f} (one at a time: max "
         f"{drift['max_abs_one_at_a_time']:.4f})"
     )
-    return entries, opened, parity
+    return entry, int8
 
 
 def export_denoiser(
@@ -267,10 +313,10 @@ def write_metadata(
 
 
 def copy_keras_models(paths: Paths, folder: Path) -> None:
-    """Every ``.keras`` file of the three models into ``folder/keras/`` as ``<kind>_<name>``."""
+    """Every ``.keras`` file of the models into ``folder/keras/`` as ``<kind>_<name>``."""
     keras_dir = folder / "keras"
     keras_dir.mkdir()
-    for kind in (*KINDS, DENOISER):
+    for kind in (*KINDS, COMPACT, DENOISER):
         for path in paths.keras_files(kind):
             shutil.copyfile(path, keras_dir / f"{kind}_{path.name}")
 
@@ -297,6 +343,12 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
         entries.update(kind_entries)
         opened.update(kind_opened)
         parity.update(kind_parity)
+    compact_entries, compact_opened, compact_parity = export_compact(
+        models, opened, images, folder, cfg, validation_images
+    )
+    entries.update(compact_entries)
+    opened.update(compact_opened)
+    parity.update(compact_parity)
     entries[DENOISER], opened[DENOISER], parity[DENOISER] = export_denoiser(
         paths, images, folder, cfg
     )

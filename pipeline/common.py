@@ -4,7 +4,7 @@
     paths.keras_files("vae")     # [vae/model.keras, vae/encoder.keras, vae/decoder.keras]
     models = load_models(paths)  # {"ae_encoder": ..., "vae_decoder": ...}, safe mode
 
-Each stage module (``ingest``, ``train``, ``denoiser``, ``evaluate``, ``bundler``) declares its
+Each stage module (``ingest``, ``train``, ``compact``, ``denoiser``, ``evaluate``, ``bundler``) declares its
 ``Stage`` beside its ``run``; ``pipeline.runner`` runs them in order. Checksums and atomic
 writes are ``export.files``'.
 """
@@ -30,6 +30,7 @@ KERAS_PARTS = {
     "ae": ("model", "encoder", "decoder"),
     "vae": ("model", "encoder", "decoder"),
     "denoiser": ("model",),
+    "compact": ("decoder",),
 }
 HISTORY_FILE = "history.csv"  # one row per epoch
 SUMMARY_FILE = "summary.json"
@@ -119,14 +120,17 @@ class Stage:
 
 
 def load_models(paths: Paths) -> dict[str, Any]:
-    """The four sub-models, loaded in safe mode: ae_encoder, ae_decoder, vae_encoder, vae_decoder."""
+    """The sub-models, loaded in safe mode: ae_encoder, ae_decoder, vae_encoder, vae_decoder and
+    compact_decoder."""
     from models import load_model
 
-    return {
+    models = {
         f"{kind}_{part}": load_model(paths.keras_file(kind, part))
         for kind in ("ae", "vae")
         for part in ("encoder", "decoder")
     }
+    models["compact_decoder"] = load_model(paths.keras_file("compact", "decoder"))
+    return models
 
 
 def load_denoiser(paths: Paths) -> Any:

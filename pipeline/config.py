@@ -78,6 +78,22 @@ class DenoiserConfig:
 
 
 @dataclass(frozen=True)
+class CompactConfig:
+    # A small decoder distilled from the VAE's (train_compact) for devices: trained on the
+    # train digits' latents (z_mean and one posterior draw each) and prior draws, the VAE
+    # decoder's pixels as soft targets. Its seed, warm-up, schedule, patience and XLA are
+    # [train]'s. Shape and recipe chosen on the validation split (sample FID, grid confidence).
+    fourier_units: int = 64  # sin(W z + b) features of the latent
+    fourier_scale: float = 4.0  # std of W at initialisation (z ~ N(0, I))
+    hidden_units: tuple[int, ...] = (128, 128)  # ReLU layers after the Fourier features
+    rank: int = 48  # linear bottleneck in front of the 784 logits (0: none)
+    prior_draws: int = 55_000  # z ~ N(0, I) in the distillation set, beside 2 per train digit
+    epochs: int = 15
+    batch_size: int = 512
+    learning_rate: float = 3e-3  # peak, after [train]'s warm-up
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     noise_sigma: float = 0.3  # Gaussian noise for the denoising figures and metrics
     nll_samples: int = 200  # K for the importance-sampled NLL
@@ -107,6 +123,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    compact: CompactConfig = field(default_factory=CompactConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
@@ -211,6 +228,9 @@ def validate(cfg: Config) -> None:
         "train.batch_size": cfg.train.batch_size,
         "denoiser.latent_dim": cfg.denoiser.latent_dim,
         "denoiser.epochs": cfg.denoiser.epochs,
+        "compact.fourier_units": cfg.compact.fourier_units,
+        "compact.epochs": cfg.compact.epochs,
+        "compact.batch_size": cfg.compact.batch_size,
         "evaluate.nll_samples": cfg.evaluate.nll_samples,
         "evaluate.grid_size": cfg.evaluate.grid_size,
         "evaluate.confident_grid_size": cfg.evaluate.confident_grid_size,
@@ -246,6 +266,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"denoiser.hidden_units must be positive ints, got {cfg.denoiser.hidden_units}"
         )
+    if any(u <= 0 for u in cfg.compact.hidden_units):
+        raise ConfigError(
+            f"compact.hidden_units must be positive ints, got {cfg.compact.hidden_units}"
+        )
+    for key in ("rank", "prior_draws"):
+        if getattr(cfg.compact, key) < 0:
+            raise ConfigError(f"compact.{key} must be >= 0, got {getattr(cfg.compact, key)}")
+    for key in ("fourier_scale", "learning_rate"):
+        if getattr(cfg.compact, key) <= 0:
+            raise ConfigError(f"compact.{key} must be positive, got {getattr(cfg.compact, key)}")
     if not 0.0 < cfg.denoiser.noise_sigma <= 1.0:
         raise ConfigError(f"denoiser.noise_sigma must be in (0, 1], got {cfg.denoiser.noise_sigma}")
     if cfg.model.beta < 0:

@@ -26,6 +26,7 @@ IO_NAMES = {
     "ae_decoder": ("z", ("pixels",)),
     "vae_encoder": ("images", ("z_mean", "z_log_var")),
     "vae_decoder": ("z", ("pixels",)),
+    "compact_decoder": ("z", ("pixels",)),
     "denoiser": ("images", ("pixels",)),
 }
 BATCH_DIM = "batch"

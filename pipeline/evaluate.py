@@ -275,7 +275,11 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
 
 
 def evaluate_inputs(paths: Paths) -> list[Path]:
-    return [paths.dataset, paths.keras_file("denoiser")] + [
+    return [
+        paths.dataset,
+        paths.keras_file("denoiser"),
+        paths.keras_file("compact", "decoder"),
+    ] + [
         path
         for kind in ("ae", "vae")
         for path in (

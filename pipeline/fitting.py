@@ -27,7 +27,7 @@ from pipeline.checkpoint import CheckpointStore, TrainingState, restore_variable
 from pipeline.config import Config
 from pipeline.distribute import describe, get_strategy, jit_supported
 
-KINDS = ("ae", "vae", "denoiser")  # the denoiser: see pipeline.denoiser
+KINDS = ("ae", "vae", "denoiser", "compact")  # pipeline.denoiser, pipeline.compact
 CHECKPOINT_DIR = "checkpoint"  # under a model's folder while training; removed when the stage ends
 
 
@@ -47,10 +47,27 @@ def denoiser_spec(cfg: Config) -> Any:
     return ModelSpec(architecture="mlp", latent_dim=d.latent_dim, hidden_units=d.hidden_units)
 
 
-def build_model(kind: str, cfg: Config) -> Any:
-    """A fresh, uncompiled model: the AE or VAE of ``[model]``, the denoiser of ``[denoiser]``."""
-    from models import build_autoencoder, build_vae
+def compact_spec(cfg: Config) -> Any:
+    """The builders' ``CompactSpec`` from ``[compact]``, for the VAE's latent."""
+    from models import CompactSpec
 
+    c = cfg.compact
+    return CompactSpec(
+        latent_dim=cfg.model.latent_dim,
+        fourier_units=c.fourier_units,
+        fourier_scale=c.fourier_scale,
+        hidden_units=c.hidden_units,
+        rank=c.rank,
+    )
+
+
+def build_model(kind: str, cfg: Config) -> Any:
+    """A fresh, uncompiled model: the AE or VAE of ``[model]``, the denoiser of ``[denoiser]``,
+    the compact decoder of ``[compact]``."""
+    from models import build_autoencoder, build_compact_decoder, build_vae
+
+    if kind == "compact":
+        return build_compact_decoder(compact_spec(cfg))
     if kind == "denoiser":
         return build_autoencoder(denoiser_spec(cfg), name="denoiser", prefix="denoiser")
     spec = model_spec(cfg)
@@ -168,9 +185,15 @@ def add_batch_noise(images: Any, sigma: float, seed: int, step: Any) -> Any:
 
 
 def make_train_dataset(
-    images: np.ndarray, batch_size: int, seed: int, first_epoch: int, input_noise: float = 0.0
+    images: np.ndarray,
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    input_noise: float = 0.0,
+    inputs: np.ndarray | None = None,
 ) -> Any:
-    """Endless tf.data of (images, images) batches, reshuffled each epoch, starting at ``first_epoch``.
+    """Endless tf.data of (inputs, images) batches, reshuffled each epoch, starting at
+    ``first_epoch``; the inputs are the images themselves unless ``inputs`` (n, ...) are given.
 
     Epoch k's order depends only on ``seed`` and k, so a run resumed at epoch k sees the batches
     an unbroken run would have seen. Each epoch ends with a (possibly short) last batch.
@@ -179,7 +202,7 @@ def make_train_dataset(
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, images))
+    ds = tf.data.Dataset.from_tensor_slices((images if inputs is None else inputs, images))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).repeat()
     if input_noise > 0:
@@ -307,6 +330,7 @@ def fit_model(
     checkpoint_key: str = "",
     input_noise: float = 0.0,
     val_inputs: np.ndarray | None = None,
+    train_inputs: np.ndarray | None = None,
 ) -> tuple[Any, dict[str, list[float]], float]:
     """Build, compile and fit one model under ``cfg.train.strategy``; no file I/O but the checkpoint.
 
@@ -315,6 +339,8 @@ def fit_model(
     found there with the same ``checkpoint_key`` is resumed from (its last complete epoch).
     input_noise: sigma of the clipped Gaussian noise added to each train batch's inputs (0: none).
     val_inputs: (n_val, 28, 28) validation inputs, e.g. noisy digits (default: ``val_images``).
+    train_inputs: (n, ...) the model's inputs for ``train_images`` when they are not the images
+    themselves (the compact decoder: latents (n, d) in, its teacher's pixels as targets).
     Returns (model with the best validation weights, per-epoch history, seconds of training).
     """
     if kind not in KINDS:
@@ -337,6 +363,7 @@ def fit_model(
                     cfg.train.seed,
                     state.epochs_done,
                     input_noise,
+                    inputs=train_inputs,
                 ),
                 steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
                 validation_data=make_dataset(

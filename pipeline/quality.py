@@ -4,6 +4,8 @@
     metrics = fid_metrics(models, judge, data, test_out, train_z, n_fid=10_000, seed=1234)
 
 The evaluate stage's steps for the *.grid_confident_frac and *.sample_fid / *.recon_fid metrics.
+The compact decoder (``pipeline.compact``) decodes the VAE's latents, so it is judged on the
+VAE's grids and prior draws: compact.grid_confident_frac[_prior] and compact.sample_fid.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pipeline.common import PREDICT_BATCH
 from pipeline.data import Splits
 from pipeline.latents import figure_grid, metric_key
 
+# each decoder and the latent space it decodes
+DECODES = {"ae": "ae", "vae": "vae", "compact": "vae"}
+
 
 def decode(models: dict[str, Any], kind: str, z: np.ndarray) -> np.ndarray:
     """Pixels (m, 28, 28) of latents z (m, d), in as few decoder calls as the batch allows."""
@@ -35,22 +40,23 @@ def decoded_grids(
     confident_grid_size: int,
     confident_prob: float,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The figure's grid and every measure grid of a model, decoded in one decoder call.
+    """The figure's grid and every measure grid of a decoder, decoded in one call.
 
-    Returns ({kind: the grid figure's pixels (grid_size^2, 28, 28) over ``boxes[kind]``},
-    the *.grid_confident_frac[_prior] metrics over ``regions``).
+    Returns ({kind: the grid figure's pixels (grid_size^2, 28, 28) over the box of the latent
+    it decodes}, the *.grid_confident_frac[_prior] metrics over ``regions``).
     """
     grid_pixels, metrics = {}, {}
     n_cells = confident_grid_size**2
-    for kind in ("ae", "vae"):
-        own = [region for region, (owner, _, _) in regions.items() if owner == kind]
-        grids = [figure_grid(boxes[kind], grid_size)]
+    for kind, latent in DECODES.items():
+        own = [region for region, (owner, _, _) in regions.items() if owner == latent]
+        grids = [figure_grid(boxes[latent], grid_size)]
         grids += [lattice(*regions[r][1:], confident_grid_size) for r in own]
         pixels = decode(models, kind, np.concatenate(grids))
         grid_pixels[kind] = pixels[: len(grids[0])]
         probs = judge.probs(pixels[len(grids[0]) :])
         for i, region in enumerate(own):
-            metrics[metric_key(region, "grid_confident_frac")] = measures.confident_fraction(
+            key = metric_key(region, "grid_confident_frac").replace(latent, kind, 1)
+            metrics[key] = measures.confident_fraction(
                 probs[i * n_cells : (i + 1) * n_cells], confident_prob
             )
     return grid_pixels, metrics
@@ -86,6 +92,8 @@ def fid_metrics(
     for kind, z in (("ae", ae_z), ("vae", prior_z)):
         metrics[f"{kind}.sample_fid"] = fid_to_test(decode(models, kind, z))
         metrics[f"{kind}.recon_fid"] = fid_to_test(test_out[kind].pixels[:n_fid])
+    # the same prior draws through the compact decoder: its FID next to the VAE decoder's
+    metrics["compact.sample_fid"] = fid_to_test(decode(models, "compact", prior_z))
     picked = np.random.default_rng(seed + 3).choice(len(data.train_images), n_fid, replace=False)
     metrics["reference.fid_train_test"] = fid_to_test(data.train_images[np.sort(picked)])
     return metrics

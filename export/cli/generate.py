@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from export import provenance
-from export.bundle import MODELS
+from export.bundle import DECODERS, MODELS
 from export.cli.common import Parents, open_bundle, save_npy
 from export.images import save_grid
 from export.inputs import InputError
@@ -35,6 +35,12 @@ def add_parser(sub: Any, parents: Parents) -> None:
     what.add_argument("--grid", type=int, metavar="SIDE", help="SIDE x SIDE latent-plane grid")
     what.add_argument("--z", help='latents to decode: "0.4,0.4" or "0,0;1,-1"')
     p.add_argument("--model", choices=MODELS, default="vae")
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="full",
+        help="the model's own decoder, or the compact one distilled from the VAE's (--model vae)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
     p.add_argument("--columns", type=int, help="digits per row of the PNG (default: square)")
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times")
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model != "vae":
             raise InputError("--n samples the VAE prior; use --grid or --z with --model ae")
         mode, z = "sample", bundle.prior_latents(args.n, args.seed)
-    images = bundle.generate(z, args.model)
+    images = bundle.generate(z, args.model, args.decoder)
     out = Path(args.out)
     if out.suffix.lower() == ".npy":
         save_npy(images, out)
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         columns = args.grid if args.grid is not None else args.columns
         text = provenance.record(
             bundle, z, args.model, mode=mode, seed=args.seed, side=args.grid,
-            columns=columns, scale=args.scale,
+            columns=columns, scale=args.scale, decoder_kind=args.decoder,
         )  # fmt: skip
         save_grid(images, out, columns=columns, scale=args.scale, text=text)
     else:

@@ -7,7 +7,8 @@
 //   node export/node/client.mjs bench  --bundle DIR --calls 2000
 //
 // decode: the latents of --z (";" between them) through the decoder of --model (vae | ae) at
-//   --precision (fp32 | int8); --out FILE.npy (float32 (n, 28, 28), the decoder's values),
+//   --precision (fp32 | int8), or with --decoder compact through the compact decoder distilled
+//   from the VAE's (a 70 k-weight model for small devices); --out FILE.npy (float32 (n, 28, 28), the decoder's values),
 //   FILE.pgm or FILE.png (8-bit grey, the digits side by side, rounded as the Python runtime
 //   rounds); --json prints the pixels as well.
 // score: anomaly scores of images read from .npy (uint8 0-255 or float32/float64 in [0, 1],
@@ -18,7 +19,8 @@
 //   as export/scoring.py does: AE, the mean squared reconstruction error; VAE, the negative ELBO
 //   at z_mean (Bernoulli NLL, pixels clipped to [1e-7, 1 - 1e-7], plus the KL), in nats. Prints
 //   "source[index] score anomaly" per image, or JSON with --json.
-// bench: p50/p99 microseconds of decoding one latent (--calls, after --warmup), as JSON.
+// bench: p50/p99 microseconds of decoding one latent (--calls, after --warmup) with the decoder
+//   that decode would use, as JSON.
 //
 // Options: --threads N (ONNX Runtime intra-op threads, default 1). Exit status 2 on bad input.
 import { createHash } from "node:crypto";
@@ -35,7 +37,9 @@ class UsageError extends Error {}
 
 function parseArgs(argv) {
   const [command, ...rest] = argv;
-  const options = { inputs: [], model: "vae", precision: "fp32", threads: 1, calls: 2000, warmup: 100 };
+  const options = {
+    inputs: [], model: "vae", decoder: "full", precision: "fp32", threads: 1, calls: 2000, warmup: 100,
+  };
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i];
     if (arg === "--json") options.json = true;
@@ -50,6 +54,12 @@ function parseArgs(argv) {
   }
   if (!options.bundle) throw new UsageError("--bundle DIR is required");
   if (!["vae", "ae"].includes(options.model)) throw new UsageError(`--model ${options.model}: vae or ae`);
+  if (!["full", "compact"].includes(options.decoder)) {
+    throw new UsageError(`--decoder ${options.decoder}: full or compact`);
+  }
+  if (options.decoder === "compact" && options.model !== "vae") {
+    throw new UsageError("--decoder compact decodes the VAE's latents: use --model vae");
+  }
   if (!["fp32", "int8"].includes(options.precision)) {
     throw new UsageError(`--precision ${options.precision}: fp32 or int8`);
   }
@@ -109,12 +119,16 @@ class Bundle {
     return session.run({ [session.inputNames[0]]: new ort.Tensor("float32", data, dims) });
   }
 
-  decoderRole(model, precision) {
-    return precision === "int8" ? `${model}_decoder_int8` : `${model}_decoder`;
+  decoderRole(model, precision, decoder = "full") {
+    const role = decoder === "compact" ? "compact_decoder" : `${model}_decoder`;
+    if (!this.has(role)) {
+      throw new UsageError(`${this.dir}: the bundle has no ${role} (export it again from a run with train_compact)`);
+    }
+    return precision === "int8" ? `${role}_int8` : role;
   }
 
-  async decode(z, n, model, precision) {
-    const out = await this.run(this.decoderRole(model, precision), z, [n, this.latentDim]);
+  async decode(z, n, model, precision, decoder = "full") {
+    const out = await this.run(this.decoderRole(model, precision, decoder), z, [n, this.latentDim]);
     return out.pixels.data;
   }
 
@@ -330,7 +344,7 @@ async function decode(bundle, o) {
   if (!o.z) throw new UsageError("decode needs --z");
   if (!o.out && !o.json) throw new UsageError("decode needs --out FILE (.npy, .pgm or .png) or --json");
   const { z, n } = parseLatents(o.z, bundle.latentDim);
-  const pixels = await bundle.decode(z, n, o.model, o.precision);
+  const pixels = await bundle.decode(z, n, o.model, o.precision, o.decoder);
   if (o.out) {
     const ext = extname(o.out).toLowerCase();
     if (ext === ".npy") writeFileSync(o.out, npyBytes(pixels, [n, SIDE, SIDE]));
@@ -339,9 +353,12 @@ async function decode(bundle, o) {
     else throw new UsageError(`--out ${o.out}: expected .npy, .pgm or .png`);
   }
   if (o.json) {
-    console.log(JSON.stringify({ model: o.model, precision: o.precision, n, pixels: Array.from(pixels) }));
+    console.log(JSON.stringify({
+      model: o.model, decoder: o.decoder, precision: o.precision, n, pixels: Array.from(pixels),
+    }));
   } else {
-    console.log(`wrote ${n} digits to ${o.out} (${o.model} decoder ${o.precision})`);
+    const which = o.decoder === "compact" ? "compact decoder" : `${o.model} decoder`;
+    console.log(`wrote ${n} digits to ${o.out} (${which} ${o.precision})`);
   }
 }
 
@@ -365,7 +382,7 @@ async function score(bundle, o) {
 }
 
 async function bench(bundle, o) {
-  const role = bundle.decoderRole(o.model, o.precision);
+  const role = bundle.decoderRole(o.model, o.precision, o.decoder);
   const session = await bundle.session(role);
   const name = session.inputNames[0];
   let seed = 1;

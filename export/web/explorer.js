@@ -1,6 +1,7 @@
 // The latent explorer: decodes the point under the pointer with onnxruntime-web (WebAssembly).
 // State for tests and the console lives in window.explorer: ready, error, decodes (a counter),
-// idle, and last[model] = {z, pixels (784 floats), precision, ms} of the latest decode.
+// idle, and last[model] = {z, pixels (784 floats), precision, decoder, ms} of the latest decode.
+// The VAE plane decodes with the VAE decoder, or with the compact decoder distilled from it.
 import * as ort from "./ort/ort.wasm.bundle.min.mjs";
 
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer, so any static host will do
@@ -13,11 +14,11 @@ const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
 const TIMES_KEPT = 30;
 
 const state = {
-  config: null, points: null, precision: "fp32", sessions: {}, busy: {}, pending: {},
+  config: null, points: null, precision: "fp32", compact: false, sessions: {}, busy: {}, pending: {},
   times: { vae: [], ae: [] }, base: {}, cursor: {},
 };
 const explorer = (window.explorer = {
-  ready: false, error: null, decodes: 0, idle: true, last: {}, setPrecision, planePoint,
+  ready: false, error: null, decodes: 0, idle: true, last: {}, setPrecision, setCompact, planePoint,
 });
 
 const $ = (id) => document.getElementById(id);
@@ -30,15 +31,20 @@ function fail(err) {
   console.error(err);
 }
 
+// the decoder the plane of `model` runs: the compact one decodes the VAE's latents
+function decoderOf(model) {
+  return model === "vae" && state.compact ? "compact" : "full";
+}
+
 function session(model, precision) {
-  const key = `${model}_${precision}`;
-  if (!state.sessions[key]) {
-    const role = precision === "int8" ? `${model}_decoder_int8` : `${model}_decoder`;
-    state.sessions[key] = ort.InferenceSession.create(state.config.decoders[role].file, {
+  const base = decoderOf(model) === "compact" ? "compact_decoder" : `${model}_decoder`;
+  const role = precision === "int8" ? `${base}_int8` : base;
+  if (!state.sessions[role]) {
+    state.sessions[role] = ort.InferenceSession.create(state.config.decoders[role].file, {
       executionProviders: ["wasm"],
     });
   }
-  return state.sessions[key];
+  return state.sessions[role];
 }
 
 // (u, v) in [0, 1]^2 from the top-left corner -> z (Float32Array, latent_dim); top = high z[1]
@@ -132,11 +138,12 @@ function showTimes() {
     (m) => `${m.toUpperCase()} ${median(state.times[m]).toFixed(2)} ms`);
   $("status").textContent =
     `decode per frame (median of the last ${TIMES_KEPT}): ${parts.join(", ")}` +
-    ` · ${state.precision} decoders · onnxruntime-web ${ort.env.versions.web} (wasm, 1 thread)`;
+    ` · ${state.precision}${state.compact ? ", compact VAE" : ""} decoders · onnxruntime-web ${ort.env.versions.web} (wasm, 1 thread)`;
 }
 
 async function decode(model, z) {
   const precision = state.precision;
+  const decoder = decoderOf(model);
   const s = await session(model, precision);
   const t0 = performance.now();
   const out = await s.run({ [s.inputNames[0]]: new ort.Tensor("float32", z, [1, z.length]) });
@@ -147,9 +154,9 @@ async function decode(model, z) {
   if (times.length > TIMES_KEPT) times.shift();
   drawDigit(model, pixels);
   $(`z-${model}`).textContent = `(${Array.from(z, (v) => v.toFixed(3)).join(", ")})`;
-  $(`precision-${model}`).textContent = precision;
+  $(`precision-${model}`).textContent = decoder === "compact" ? `compact, ${precision}` : precision;
   $(`ms-${model}`).textContent = `${ms.toFixed(2)} ms (median ${median(times).toFixed(2)} ms)`;
-  explorer.last[model] = { z: Array.from(z), pixels: Array.from(pixels), precision, ms };
+  explorer.last[model] = { z: Array.from(z), pixels: Array.from(pixels), precision, decoder, ms };
   explorer.decodes += 1;
   showTimes();
 }
@@ -206,6 +213,14 @@ async function setPrecision(precision) {
   }
 }
 
+async function setCompact(on) {
+  state.compact = Boolean(on);
+  $("compact").checked = state.compact;
+  await session("vae", state.precision);
+  const last = explorer.last.vae;
+  if (last) await request("vae", Float32Array.from(last.z));
+}
+
 async function main() {
   const [config, points] = await Promise.all(
     ["explorer.json", "points.json"].map((url) =>
@@ -224,11 +239,19 @@ async function main() {
     `latent_dim ${config.latent_dim}` +
     (config.latent_dim > 2 ? " (axes beyond the first two at the latent box centre)" : "");
   const int8 = $("int8");
-  if (MODELS.every((m) => config.decoders[`${m}_decoder_int8`])) {
+  const roles = Object.keys(config.decoders).filter((r) => !r.endsWith("_int8"));
+  if (roles.every((r) => config.decoders[`${r}_int8`])) {
     int8.disabled = false;
     int8.addEventListener("change", () => setPrecision(int8.checked ? "int8" : "fp32").catch(fail));
   } else {
     int8.title = "this bundle has no int8 decoders";
+  }
+  const compact = $("compact");
+  if (config.decoders.compact_decoder) {
+    compact.disabled = false;
+    compact.addEventListener("change", () => setCompact(compact.checked).catch(fail));
+  } else {
+    compact.title = "this bundle has no compact decoder";
   }
   await Promise.all(MODELS.map((m) => session(m, "fp32")));
   for (const m of MODELS) {

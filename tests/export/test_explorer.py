@@ -260,14 +260,16 @@ def test_page_decodes_what_the_runtime_generates(
     config = json.loads((site / "explorer.json").read_text())
     bundles = {p: Bundle.load(bundle_dir, precision=p) for p in ("fp32", "int8")}
     samples = result["samples"]
-    assert [(s["model"], s["precision"]) for s in samples] == [
-        ("vae", "fp32"),
-        ("ae", "fp32"),
-        ("vae", "int8"),
-        ("ae", "int8"),
-        ("ae", "fp32"),
-        ("vae", "fp32"),
+    assert [(s["model"], s["precision"], s["decoder"]) for s in samples] == [
+        ("vae", "fp32", "full"),
+        ("ae", "fp32", "full"),
+        ("vae", "int8", "full"),
+        ("ae", "int8", "full"),
+        ("ae", "fp32", "full"),
+        ("vae", "fp32", "full"),
+        ("vae", "fp32", "compact"),  # the compact decoder at the same point
     ]
+    assert "models/compact_decoder.onnx" in fetched
     for s in samples:
         # the latent point is the one under the pointer (to a fraction of a CSS pixel)
         low, high = (np.asarray(config["models"][s["model"]]["extent"][k]) for k in ("low", "high"))
@@ -275,7 +277,8 @@ def test_page_decodes_what_the_runtime_generates(
         np.testing.assert_allclose(s["z"][:2], expected, atol=float((high - low).max()) / 360)
         # and its digit is what the runtime decodes there
         pixels = np.asarray(s["pixels"], np.float32).reshape(28, 28)
-        reference = bundles[s["precision"]].generate(np.float32([s["z"]]), s["model"])[0]
+        bundle = bundles[s["precision"]]
+        reference = bundle.generate(np.float32([s["z"]]), s["model"], s["decoder"])[0]
         diff = float(np.abs(pixels - reference).max())
         assert diff <= TOLERANCE, (s["model"], s["precision"], diff)
         assert s["ms"] >= 0

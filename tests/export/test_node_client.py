@@ -53,17 +53,20 @@ def check_decode(folder: Path, tmp_path: Path) -> None:
         [bundle["fp32"].prior_latents(12, seed=2), bundle["fp32"].grid_latents(3, "ae")]
     )
     for precision, b in bundle.items():
-        for model in ("vae", "ae"):
-            out = tmp_path / f"{model}-{precision}.npy"
+        for model, decoder in (("vae", "full"), ("ae", "full"), ("vae", "compact")):
+            out = tmp_path / f"{model}-{decoder}-{precision}.npy"
             node(
                 ["decode", "--bundle", str(folder), "--z", latent_text(z), "--model", model,
-                 "--precision", precision, "--out", str(out)],
+                 "--decoder", decoder, "--precision", precision, "--out", str(out)],
                 tmp_path,
             )  # fmt: skip
             pixels = np.load(out)
-            expected = b.generate(z, model)
+            expected = b.generate(z, model, decoder)
             assert pixels.shape == expected.shape and pixels.dtype == np.float32
             np.testing.assert_allclose(pixels, expected, rtol=0, atol=PIXEL_ATOL)
+    # the compact decoder is another model: its digits are close to the VAE decoder's, not equal
+    full, compact = (bundle["fp32"].generate(z, "vae", d) for d in ("full", "compact"))
+    assert float(np.abs(full - compact).max()) > 0
 
 
 def check_scores(folder: Path, digits: np.ndarray, tmp_path: Path) -> None:
@@ -133,6 +136,28 @@ def test_bench_reports_percentiles(bundle_dir: Path, tmp_path: Path):
     result = json.loads(proc.stdout)
     assert result["role"] == "vae_decoder" and result["calls"] == 200 and result["threads"] == 1
     assert 0 < result["p50_us"] <= result["p99_us"]
+
+
+def test_compact_decoder_needs_the_vae_and_a_bundle_that_has_it(bundle_dir: Path, tmp_path: Path):
+    proc = node(
+        ["decode", "--bundle", str(bundle_dir), "--z", "0,0", "--model", "ae", "--decoder",
+         "compact", "--json"],
+        tmp_path,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "decodes the VAE's latents" in proc.stderr
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    for role in ("compact_decoder", "compact_decoder_int8"):
+        del manifest["models"][role]
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    proc = node(
+        ["decode", "--bundle", str(folder), "--z", "0,0", "--decoder", "compact", "--json"],
+        tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 2 and "has no compact_decoder" in proc.stderr
 
 
 def test_bad_inputs_give_one_error_line(bundle_dir: Path, tmp_path: Path):

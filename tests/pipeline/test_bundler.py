@@ -165,6 +165,15 @@ def test_runtime_matches_keras_on_test_digits(smoke_run: Path):
         z = np.random.default_rng(0).standard_normal((64, bundle.latent_dim)).astype(np.float32)
         expected = models[f"{kind}_decoder"].predict(z, verbose=0)
         np.testing.assert_allclose(bundle.generate(z, kind), expected, atol=1e-5, rtol=1e-6)
+    # the compact decoder (distilled from the VAE's) matches its own Keras model, and is close
+    # to the VAE decoder it learned from
+    z = np.random.default_rng(1).standard_normal((64, bundle.latent_dim)).astype(np.float32)
+    expected = models["compact_decoder"].predict(z, verbose=0)
+    compact = bundle.generate(z, "vae", decoder="compact")
+    np.testing.assert_allclose(compact, expected, atol=1e-5, rtol=1e-6)
+    assert bundle.manifest["parity"]["models"]["compact_decoder"]["max_abs_diff"] <= 1e-5
+    with pytest.raises(ValueError, match="decodes the VAE's latents"):
+        bundle.generate(z, "ae", decoder="compact")
     z_mean, z_log_var = bundle.posterior(images)
     keras_mean, keras_log_var = models["vae_encoder"].predict(images, verbose=0)
     np.testing.assert_allclose(z_log_var, keras_log_var, atol=1e-5, rtol=1e-6)

@@ -36,6 +36,7 @@ def _copy_run(smoke_run: Path, dest: Path, parts: tuple[str, ...]) -> Path:
             "data": "ingest",
             "ae": "train_ae",
             "vae": "train_vae",
+            "compact": "train_compact",
             "denoiser": "train_denoiser",
             "eval": "evaluate",
         }[part]

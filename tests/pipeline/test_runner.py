@@ -69,13 +69,19 @@ def test_evaluate_writes_thresholds_and_latent_boxes(smoke_run: Path):
     np.testing.assert_allclose(boxes["vae"]["high"], [1.6448536] * 2, atol=1e-6)
 
 
+def runner_stages() -> list[str]:
+    from pipeline.runner import STAGES
+
+    return list(STAGES)
+
+
 def test_run_json_records_config_versions_and_stages(smoke_run: Path):
     info = json.loads((smoke_run / "run.json").read_text())
     assert info["config"] == json.loads(json.dumps(load_config(SMOKE_CONFIG).to_dict()))
     assert info["seed"] == load_config(SMOKE_CONFIG).train.seed
     for lib in ("tensorflow", "keras", "tensorflow-datasets", "numpy"):
         assert info["versions"][lib]
-    for stage in ("ingest", "train_ae", "train_vae", "train_denoiser", "evaluate", "export"):
+    for stage in runner_stages():
         assert info["stages"][stage]["status"] in ("ran", "skipped")
         assert info["stages"][stage]["seconds"] >= 0
     assert load_config(smoke_run / "config.toml") == load_config(SMOKE_CONFIG)
@@ -244,14 +250,15 @@ def test_paths_layout():
 
 
 def test_runner_runs_the_stages_their_modules_declare_in_pipeline_order():
-    from pipeline import bundler, denoiser, evaluate, ingest, runner, train
+    from pipeline import bundler, compact, denoiser, evaluate, ingest, runner, train
 
-    declared = [ingest.STAGE, train.AE_STAGE, train.VAE_STAGE, denoiser.STAGE, evaluate.STAGE]
-    assert list(runner.STAGES.values()) == [*declared, bundler.STAGE]
+    declared = [ingest.STAGE, train.AE_STAGE, train.VAE_STAGE, compact.STAGE, denoiser.STAGE]
+    assert list(runner.STAGES.values()) == [*declared, evaluate.STAGE, bundler.STAGE]
     assert list(runner.STAGES) == [
         "ingest",
         "train_ae",
         "train_vae",
+        "train_compact",
         "train_denoiser",
         "evaluate",
         "export",  # the CLI name of the stage in pipeline.bundler
@@ -260,3 +267,5 @@ def test_runner_runs_the_stages_their_modules_declare_in_pipeline_order():
     for kind in ("ae", "vae"):
         assert runner.STAGES[f"train_{kind}"].outputs(paths) == paths.model_files(kind)
     assert runner.STAGES["train_denoiser"].outputs(paths) == paths.model_files("denoiser")
+    assert runner.STAGES["train_compact"].outputs(paths) == paths.model_files("compact")
+    assert paths.model_files("compact")[0] == Path("x/compact/decoder.keras")

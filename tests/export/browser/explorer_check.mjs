@@ -105,6 +105,13 @@ try {
                              null, { timeout: 60_000 });
   samples.push(await probe("ae", 0.45, 0.45));
   samples.push(await probe("vae", 0.42, 0.38));
+  await page.click("#compact");
+  await page.waitForFunction(() => window.explorer.idle && window.explorer.last.vae.decoder === "compact",
+                             null, { timeout: 60_000 });
+  samples.push(await probe("vae", 0.42, 0.38));
+  await page.click("#compact");
+  await page.waitForFunction(() => window.explorer.idle && window.explorer.last.vae.decoder === "full",
+                             null, { timeout: 60_000 });
   await page.screenshot({ path: join(outDir, "explorer.png"), fullPage: true });
 } catch (err) {
   failure = String(err.stack ?? err);
