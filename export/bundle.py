@@ -9,7 +9,7 @@
 
 ``precision="int8"`` swaps in the int8 decoders (encoders stay fp32). ``decoder="compact"``
 decodes the VAE's latents with the compact decoder distilled from the VAE's (bundles exported
-with the ``train_compact`` stage), a 70 k-weight model for small devices. The
+with the ``train_compact`` stage), an 84 k-weight model for small devices. The
 anomaly thresholds were calibrated with the fp32 models; int8 scores move by the recorded drift.
 """
 

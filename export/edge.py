@@ -4,8 +4,11 @@
 
 Every model of the bundle (encoders, decoders fp32 and int8, the denoiser, the scorers where the
 bundle has them) is converted by onnxruntime's own converter
-(``onnxruntime.tools.convert_onnx_models_to_ort``, optimization style Fixed) into ``<name>.ort``.
-The folder gets ``required_operators.config`` (the operators of all of them, the input of
+(``onnxruntime.tools.convert_onnx_models_to_ort``, optimization style Fixed) into ``<name>.ort``,
+at each portable optimization level (disable, basic, extended); each file's level is chosen by
+measurement (``choose_level``: no ``.ort`` may be slower than its ``.onnx`` by more than 10% per
+call on one thread; of those that are not, the smallest, so that 8-bit weights stay 8-bit) and
+recorded in the manifest with the timings. The folder gets ``required_operators.config`` (the operators of all of them, the input of
 ONNX Runtime's ``--include_ops_by_config`` for a build that holds only those kernels), a
 ``README.md`` describing each model, and a ``manifest.json`` in the bundle's format whose
 models point at the ``.ort`` files, so ``Bundle.load(DIR)`` and the Node client read the folder
@@ -31,8 +34,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from export import timing
 from export.bundle import MANIFEST, Bundle
 from export.files import atomic_folder, sha256_file, write_json_atomic, write_text_atomic
+from export.timing import p50_us
 
 EXTRA = "edge"
 OPERATORS = "required_operators.config"
@@ -40,6 +45,11 @@ README = "README.md"
 LEVEL_VARIABLE = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"  # read by the converter
 CHECK_ROWS = 64  # inputs every .ort is run on against its .onnx
 CHECK_ATOL = 1e-5  # |ort - onnx| allowed (float32 rounding of differently fused kernels)
+# the portable optimization levels ("all" adds layout changes for the converting machine's CPU)
+LEVELS = ("disable", "basic", "extended")
+SLOWER_THAN_ONNX = 1.10  # a .ort may take this much of its .onnx's time per call, no more
+TIMING_CALLS = 200  # calls per file and round when the levels are timed
+TIMING_ROWS = 64  # distinct inputs cycled through
 
 # what each graph input and output holds, by its name (for README.md)
 MEANINGS = {
@@ -71,13 +81,27 @@ def _converter() -> Any:
     return convert_onnx_models_to_ort
 
 
-def optimization_level(entry: dict[str, Any]) -> str:
-    """The converter's optimization level for a model: "all" (its default), except for the
-    weight-only int8 decoders. Their int8 weights are dequantized by Cast and Mul nodes, which
-    the optimizer would fold into float32 weights (a .ort as large as the fp32 one); without
-    optimizations the .ort keeps the 8-bit weights and dequantizes them on every call."""
-    method = entry.get("quantization_choice", {}).get("method", "")
-    return "disable" if method.startswith("weight_only") else "all"
+def sample_inputs(session: ort.InferenceSession, latent_dim: int, rows: int) -> np.ndarray:
+    """Seeded inputs of a model: latents from N(0, 4 I) for a latent input, uniform pixels for
+    an image input; (rows, ...) float32."""
+    shape = session.get_inputs()[0].shape
+    rng = np.random.default_rng(0)
+    if session.get_inputs()[0].name == "z":
+        return (2.0 * rng.standard_normal((rows, latent_dim))).astype(np.float32)
+    return rng.random((rows, *shape[1:]), dtype=np.float32)
+
+
+def choose_level(onnx_p50: float, levels: dict[str, dict[str, float]]) -> str:
+    """The optimization level kept for one model: among the levels whose ``.ort`` decodes one
+    input within ``SLOWER_THAN_ONNX`` of its ``.onnx``'s p50, the smallest file (then the
+    fastest); if none is, the fastest.
+
+    levels: level -> {"p50_us", "bytes"} of its ``.ort``.
+    """
+    near = {lv: m for lv, m in levels.items() if m["p50_us"] <= SLOWER_THAN_ONNX * onnx_p50}
+    if near:
+        return min(near, key=lambda lv: (near[lv]["bytes"], near[lv]["p50_us"]))
+    return min(levels, key=lambda lv: levels[lv]["p50_us"])
 
 
 @contextlib.contextmanager
@@ -107,31 +131,54 @@ def _quiet(log: io.StringIO) -> Any:
         logger.setLevel(level)
 
 
-def _convert(sources: dict[str, Path], levels: dict[str, str], out: Path) -> dict[str, Path]:
-    """Convert each ``sources[role]`` (.onnx) at ``levels[role]``; returns role -> .ort in out."""
+def _convert(sources: dict[str, Path], level: str, out: Path) -> dict[str, Path]:
+    """Convert every ``sources[role]`` (.onnx) at optimization ``level`` into ``out``; returns
+    role -> its .ort there."""
     convert = _converter()
     converted = {}
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=out) as tmp:
-        for level in sorted(set(levels.values())):
-            src, dst = Path(tmp) / level, Path(tmp) / f"{level}.ort"
-            src.mkdir()
-            roles = [role for role, lv in levels.items() if lv == level]
-            for role in roles:
-                shutil.copyfile(sources[role], src / sources[role].name)
-            log = io.StringIO()
-            try:
-                with _environment(LEVEL_VARIABLE, level), _quiet(log):
-                    convert.convert_onnx_models_to_ort(
-                        src, output_dir=dst, optimization_styles=[convert.OptimizationStyle.Fixed]
-                    )
-            except Exception as err:  # the converter raises whatever ONNX Runtime raised
-                raise EdgeError(f"converting {roles} to ORT format failed: {err}") from None
-            suffix = "" if level == "all" else f".{level}"
-            for role in roles:
-                made = dst / f"{sources[role].stem}{suffix}.ort"
-                converted[role] = out / f"{sources[role].stem}.ort"
-                made.replace(converted[role])
+        src, dst = Path(tmp) / "onnx", Path(tmp) / "ort"
+        src.mkdir()
+        for path in sources.values():
+            shutil.copyfile(path, src / path.name)
+        log = io.StringIO()
+        try:
+            with _environment(LEVEL_VARIABLE, level), _quiet(log):
+                convert.convert_onnx_models_to_ort(
+                    src, output_dir=dst, optimization_styles=[convert.OptimizationStyle.Fixed]
+                )
+        except Exception as err:  # the converter raises whatever ONNX Runtime raised
+            raise EdgeError(f"converting to ORT format at level {level} failed: {err}") from None
+        suffix = "" if level == "all" else f".{level}"
+        for role, path in sources.items():
+            converted[role] = out / f"{path.stem}.{level}.ort"
+            (dst / f"{path.stem}{suffix}.ort").replace(converted[role])
     return converted
+
+
+def measure_levels(
+    sources: dict[str, Path], candidates: dict[str, dict[str, Path]], latent_dim: int
+) -> dict[str, dict[str, Any]]:
+    """Every model's one-thread p50 as ``.onnx`` and as ``.ort`` at each level (one input per
+    call, ``export.timing``) and the level ``choose_level`` keeps: role -> record."""
+    records = {}
+    for role, onnx_path in sources.items():
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        x = sample_inputs(session, latent_dim, TIMING_ROWS)
+        files = [onnx_path, *(candidates[level][role] for level in LEVELS)]
+        onnx_p50, *level_p50 = p50_us(files, [x] * len(files), calls=TIMING_CALLS)
+        levels = {
+            level: {"p50_us": round(p50, 2), "bytes": candidates[level][role].stat().st_size}
+            for level, p50 in zip(LEVELS, level_p50, strict=True)
+        }
+        chosen = choose_level(onnx_p50, levels)
+        records[role] = {
+            "optimization": chosen,
+            "onnx_p50_us": round(onnx_p50, 2),
+            "levels": levels,
+            "ratio_to_onnx": round(levels[chosen]["p50_us"] / onnx_p50, 3),
+        }
+    return records
 
 
 def write_operators(models: list[Path], out: Path) -> list[str]:
@@ -152,22 +199,12 @@ def write_operators(models: list[Path], out: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _check_inputs(session: ort.InferenceSession, latent_dim: int) -> np.ndarray:
-    """Seeded inputs for the .ort/.onnx comparison: latents from N(0, 4 I) for a latent input,
-    uniform pixels for an image input."""
-    shape = session.get_inputs()[0].shape
-    rng = np.random.default_rng(0)
-    if session.get_inputs()[0].name == "z":
-        return (2.0 * rng.standard_normal((CHECK_ROWS, latent_dim))).astype(np.float32)
-    return rng.random((CHECK_ROWS, *shape[1:]), dtype=np.float32)
-
-
 def check_converted(onnx_path: Path, ort_path: Path, latent_dim: int) -> float:
     """Run both files on the same inputs; raise EdgeError unless every output agrees within
     CHECK_ATOL (booleans exactly). Returns the largest absolute difference."""
     a = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(str(ort_path), providers=["CPUExecutionProvider"])
-    x = _check_inputs(a, latent_dim)
+    x = sample_inputs(a, latent_dim, CHECK_ROWS)
     feed = {a.get_inputs()[0].name: x}
     worst = 0.0
     for name, u, v in zip(
@@ -246,16 +283,25 @@ def readme(manifest: dict[str, Any], source: Path, operators: list[str]) -> str:
                     f"- {kind}: {anomaly[kind]['score']} > {anomaly[kind]['threshold']:.6g}"
                 )
         lines.append("")
-    int8 = [r for r, e in models.items() if e["ort"]["optimization"] == "disable"]
-    if int8:
-        lines += [
-            f"{', '.join(int8)}: weight-only int8, converted without graph optimizations so that "
-            "their weights stay 8-bit in the `.ort` (the optimizer would fold the `Cast` and "
-            "`Mul` that dequantize them into float32 weights); they are dequantized on every "
-            "call. The `.onnx` of the bundle, loaded by a full ONNX Runtime, is folded once at "
-            "load instead.",
-            "",
-        ]
+    lines += [
+        "Optimization level of each `.ort` (chosen by measurement when the folder was written: "
+        f"among the levels whose `.ort` decodes one input within {SLOWER_THAN_ONNX - 1:.0%} of "
+        "its `.onnx`'s one-thread p50, the smallest file, then the fastest):",
+        "",
+        "| model | level | .ort p50 us | .onnx p50 us |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {role} | {e['ort']['optimization']} "
+            f"| {e['ort']['levels'][e['ort']['optimization']]['p50_us']:.1f} "
+            f"| {e['ort']['onnx_p50_us']:.1f} |"
+            for role, e in models.items()
+        ),
+        "",
+        "A weight-only int8 file kept at level `disable` holds 8-bit weights that are "
+        "dequantized on every call; at `basic` or above the converter folds them into float32 "
+        "weights, as ONNX Runtime does when it loads the `.onnx`.",
+        "",
+    ]
     lines += [
         "## A reduced ONNX Runtime build",
         "",
@@ -291,8 +337,13 @@ def build_edge(bundle_dir: Path, out: Path, replace: bool = False) -> dict[str, 
     source = bundle.manifest
     with atomic_folder(out, replace=replace) as tmp:
         sources = {role: bundle_dir / e["file"] for role, e in source["models"].items()}
-        levels = {role: optimization_level(e) for role, e in source["models"].items()}
-        converted = _convert(sources, levels, tmp)
+        with tempfile.TemporaryDirectory(prefix=".levels-", dir=tmp) as work:
+            candidates = {level: _convert(sources, level, Path(work)) for level in LEVELS}
+            measured = measure_levels(sources, candidates, bundle.latent_dim)
+            converted = {}
+            for role, path in sources.items():
+                converted[role] = tmp / f"{path.stem}.ort"
+                candidates[measured[role]["optimization"]][role].replace(converted[role])
         operators = write_operators(list(converted.values()), tmp / OPERATORS)
         models, check = {}, {}
         for role, entry in source["models"].items():
@@ -305,7 +356,7 @@ def build_edge(bundle_dir: Path, out: Path, replace: bool = False) -> dict[str, 
                     "sha256": source["files"][entry["file"]]["sha256"],
                     "bytes": source["files"][entry["file"]]["bytes"],
                 },
-                "ort": {"optimization_style": "Fixed", "optimization": levels[role]},
+                "ort": {"optimization_style": "Fixed", **measured[role]},
             }
         scores = source.get("anomaly", {}).get("validation_scores")
         if scores is not None:  # the reference of the p-values
@@ -322,6 +373,10 @@ def build_edge(bundle_dir: Path, out: Path, replace: bool = False) -> dict[str, 
             "onnxruntime": ort.__version__,
             "required_operators": OPERATORS,
             "operators": operators,
+            "optimization_rule": "per file, among the levels whose .ort decodes one input within "
+            f"{SLOWER_THAN_ONNX:.0%} of its .onnx's p50 (one thread, batch 1, medians of "
+            f"{timing.ROUNDS} rounds of {TIMING_CALLS} calls), the smallest file, then the "
+            "fastest; if none is, the fastest",
             "check": {
                 "inputs": CHECK_ROWS,
                 "atol": CHECK_ATOL,

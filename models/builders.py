@@ -3,7 +3,7 @@
     ae = build_autoencoder(ModelSpec(architecture="mlp", latent_dim=2))
     vae = build_vae(ModelSpec(architecture="conv", latent_dim=2), seed=1234)
     denoiser = build_autoencoder(ModelSpec(latent_dim=128), name="denoiser", prefix="denoiser")
-    compact = build_compact_decoder(CompactSpec(latent_dim=2))   # z -> pixels, 70k weights
+    compact = build_compact_decoder(CompactSpec(latent_dim=2))   # z -> pixels, 84k weights
 
 Every model takes images (n, 28, 28) float32 in [0, 1]; decoders return pixels (n, 28, 28) in
 [0, 1] (sigmoid). The tensor names (`images`, `z`, `z_mean`, `z_log_var`, `pixels`) are the ones
@@ -54,7 +54,7 @@ class CompactSpec:
     fourier_units: int = 64  # sin(W z + b): W ~ N(0, fourier_scale^2) at init, b ~ U(-pi, pi)
     fourier_scale: float = 4.0
     hidden_units: tuple[int, ...] = (128, 128)
-    rank: int = 48  # a linear bottleneck in front of the 784 logits; 0 for none
+    rank: int = 64  # a linear bottleneck in front of the 784 logits; 0 for none
 
     def __post_init__(self) -> None:
         for key in ("latent_dim", "fourier_units"):

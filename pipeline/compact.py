@@ -4,7 +4,7 @@
 
 The VAE decoder (``[model]``, about 1.5 M weights) is drawn to be measured, not to run on a
 microcontroller. This stage fits a decoder of ``[compact]``'s shape (``models.CompactSpec``:
-Fourier features of the latent, two ReLU layers, a low-rank map to the logits; about 70 k
+Fourier features of the latent, two ReLU layers, a low-rank map to the logits; about 84 k
 weights) to reproduce it: its inputs are latents, its targets the VAE decoder's pixels on them
 (soft targets, the same summed Bernoulli cross-entropy as the other models' loss). The latents
 are the train digits' z_mean, one posterior draw z_mean + exp(z_log_var / 2) * eps per train

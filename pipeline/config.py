@@ -86,7 +86,7 @@ class CompactConfig:
     fourier_units: int = 64  # sin(W z + b) features of the latent
     fourier_scale: float = 4.0  # std of W at initialisation (z ~ N(0, I))
     hidden_units: tuple[int, ...] = (128, 128)  # ReLU layers after the Fourier features
-    rank: int = 48  # linear bottleneck in front of the 784 logits (0: none)
+    rank: int = 64  # linear bottleneck in front of the 784 logits (0: none)
     prior_draws: int = 55_000  # z ~ N(0, I) in the distillation set, beside 2 per train digit
     epochs: int = 15
     batch_size: int = 512

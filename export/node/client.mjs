@@ -8,7 +8,7 @@
 //
 // decode: the latents of --z (";" between them) through the decoder of --model (vae | ae) at
 //   --precision (fp32 | int8), or with --decoder compact through the compact decoder distilled
-//   from the VAE's (a 70 k-weight model for small devices); --out FILE.npy (float32 (n, 28, 28), the decoder's values),
+//   from the VAE's (an 84 k-weight model for small devices); --out FILE.npy (float32 (n, 28, 28), the decoder's values),
 //   FILE.pgm or FILE.png (8-bit grey, the digits side by side, rounded as the Python runtime
 //   rounds); --json prints the pixels as well.
 // score: anomaly scores of images read from .npy (uint8 0-255 or float32/float64 in [0, 1],

@@ -148,13 +148,17 @@ def test_sessions_are_created_once(export_run: Path, test_digits: np.ndarray, mo
     loaded = Bundle.load(export_run / "export")
     assert sorted(opened) == sorted(
         loaded.manifest["models"][role]["file"]
-        for role in ("ae_encoder", "ae_decoder", "vae_encoder", "vae_decoder", "denoiser")
-    )
+        for role in (
+            "ae_encoder", "ae_decoder", "vae_encoder", "vae_decoder", "compact_decoder",
+            "denoiser",
+        )
+    )  # fmt: skip
     loaded.score(test_digits[:5], "vae")
     loaded.score(test_digits[:5], "ae")
     loaded.sample(3)
+    loaded.sample(3, decoder="compact")
     loaded.denoise(test_digits[:5])
-    assert len(opened) == 5
+    assert len(opened) == 6
 
 
 def test_tampered_model_is_refused_naming_the_file(export_run: Path, tmp_path: Path):

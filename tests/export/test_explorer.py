@@ -27,7 +27,10 @@ from export.bundle import Bundle, sha256_file
 REPO = Path(__file__).resolve().parents[2]
 ORT_DIST = REPO / "node_modules" / "onnxruntime-web" / "dist"
 BROWSER_SCRIPT = REPO / "tests" / "export" / "browser" / "explorer_check.mjs"
-TOLERANCE = 1e-4  # page pixels vs Bundle.generate
+TOLERANCE = 1e-4  # page pixels vs Bundle.generate, float32 decoders
+# the int8 decoders quantize their activations at run time on each platform's own int8 kernels
+# (WebAssembly's are not x86's): the page and the runtime agree to far below the int8 drift
+INT8_TOLERANCE = 5e-3
 
 
 def need_ort_dist() -> Path:
@@ -93,6 +96,8 @@ def test_site_holds_the_page_decoders_positions_and_one_wasm(site: Path, bundle_
             "vae_decoder",
             "ae_decoder_int8",
             "vae_decoder_int8",
+            "compact_decoder",
+            "compact_decoder_int8",
         }
     )
     for entry in config["decoders"].values():
@@ -280,7 +285,8 @@ def test_page_decodes_what_the_runtime_generates(
         bundle = bundles[s["precision"]]
         reference = bundle.generate(np.float32([s["z"]]), s["model"], s["decoder"])[0]
         diff = float(np.abs(pixels - reference).max())
-        assert diff <= TOLERANCE, (s["model"], s["precision"], diff)
+        allowed = INT8_TOLERANCE if s["precision"] == "int8" else TOLERANCE
+        assert diff <= allowed, (s["model"], s["precision"], diff)
         assert s["ms"] >= 0
     # the digits differ from point to point far beyond the tolerance (a stuck page would not)
     assert np.abs(np.subtract(samples[0]["pixels"], samples[5]["pixels"])).max() > 100 * TOLERANCE
