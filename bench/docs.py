@@ -20,13 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: python bench/docs.py
-    sys.path.insert(0, str(REPO))
-
-from export.files import write_text_atomic  # noqa: E402
-from pipeline.common import Paths  # noqa: E402
-from pipeline.report import METRIC_DOCS  # noqa: E402
+from bench.common import REPO, RESULTS
+from export.files import write_text_atomic
+from pipeline.common import Paths
+from pipeline.report import METRIC_DOCS
 
 TRAINING_STAGES = ("ingest", "train_ae", "train_vae", "train_denoiser")
 BLOCK = re.compile(
@@ -285,7 +282,7 @@ def stream_memory_block(path: Path) -> str:
 
 def soak_block(path: Path) -> str:
     """``bench/soak.py``'s last run (its JSON summary), as ``soak.py --render`` prints it."""
-    from bench.soak import render as render_soak
+    from bench.soak.report import render as render_soak
 
     return "```\n" + render_soak(read_json(path)).rstrip("\n") + "\n```\n"
 
@@ -310,17 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--choices",
         type=Path,
-        default=REPO / "bench" / "vae_choices.jsonl",
+        default=RESULTS / "vae_choices.jsonl",
         help="bench/vae_choices.py results",
     )
     parser.add_argument(
         "--stream-memory",
         type=Path,
-        default=REPO / "bench" / "stream_memory.json",
+        default=RESULTS / "stream_memory.json",
         help="bench/stream_memory.py results",
     )
     parser.add_argument(
-        "--soak", type=Path, default=REPO / "bench" / "soak.json", help="bench/soak.py results"
+        "--soak", type=Path, default=RESULTS / "soak.json", help="bench/soak.py results"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a block would change")
     args = parser.parse_args(argv)
