@@ -77,6 +77,12 @@ def render(report: dict[str, Any]) -> str:
     )
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    medians = [statistics.median(t) for t in r["seconds"].values()]
+    return f"runtime {medians[0]:.2f} s to the first digit, Keras {min(medians[1:]):.2f} s"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")

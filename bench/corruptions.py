@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -625,6 +626,52 @@ def render(report: dict[str, Any]) -> str:
     if "load" in report:  # runs before the load was recorded have none
         lines.append(render_load(report["load"]))
     return "\n".join(lines)
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    vae = r["bundle_scores"]["vae"]["corruptions"].values()
+    return (
+        f"VAE mean AUROC {statistics.mean(v['auroc'] for v in vae):.3f}; default kept: "
+        f"`{r['choice']['chosen']}`"
+    )
+
+
+def findings(report: dict[str, Any]) -> str:
+    """The corruption table read in words: means, the corruptions each score misses, the choice."""
+    scores, test = report["bundle_scores"], report["test"]
+    means = {
+        m: (
+            statistics.mean(v["auroc"] for v in s["corruptions"].values()),
+            statistics.mean(v["flagged"] for v in s["corruptions"].values()),
+        )
+        for m, s in scores.items()
+    }
+    chosen = report["choice"]["chosen"]
+    best_auroc = max(test, key=lambda c: test[c]["mean_auroc"])
+    lines = [
+        "- **Mean over the fifteen corruptions**: "
+        + "; ".join(
+            f"{m.upper()} AUROC {auroc:.3f}, {flagged:.1%} flagged"
+            for m, (auroc, flagged) in means.items()
+        )
+        + ".",
+    ]
+    for m, s in scores.items():
+        missed = [n for n, v in s["corruptions"].items() if v["flagged"] <= 2 * s["clean_fpr"]]
+        lines.append(
+            f"- **Flagged at most twice the clean rate by the {m.upper()}** "
+            f"({s['clean_fpr']:.1%} of clean test digits): " + (", ".join(missed) or "none") + "."
+        )
+    lines.append(
+        f"- **Choice on validation**: `{chosen}` "
+        f"({report['choice']['validation_b'][chosen]['mean_flagged']:.1%} flagged on half B); on "
+        f"test, after the choice, `{chosen}` flags {test[chosen]['mean_flagged']:.1%} at a clean "
+        f"FPR of {test[chosen]['clean_fpr']:.1%}; the highest mean AUROC on test is "
+        f"`{best_auroc}`'s ({test[best_auroc]['mean_auroc']:.3f}, against "
+        f"{test[chosen]['mean_auroc']:.3f})."
+    )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -200,6 +200,20 @@ def render_operators(report: dict[str, Any]) -> str:
     return text + "."
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    size = {(x["format"], x["precision"]): x["bytes"] for x in r["sizes"]}
+    node = next(
+        x
+        for x in r["latency"]
+        if (x["client"], x["format"], x["precision"]) == ("Node", "ort", "fp32")
+    )
+    return (
+        f"int8 `.ort` {size['ort', 'int8'] / size['onnx', 'fp32']:.0%} of the fp32 `.onnx`; "
+        f"Node fp32 `.ort` p50 {node['p50_us']:,.0f} µs"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")

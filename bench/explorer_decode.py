@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -93,6 +94,15 @@ def render(report: dict[str, Any]) -> str:
             "browser times have the page's clock resolution (performance.now, ~0.1 ms headless)",
             render_load(report["load"]),
         ]
+    )
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    key = "vae_fp32"
+    return (
+        f"VAE fp32 per frame: browser {statistics.median(r['browser_ms'][key]):.3f} ms, "
+        f"Python {statistics.median(r['python_ms'][key]):.3f} ms"
     )
 
 

@@ -66,6 +66,12 @@ def render(report: dict[str, Any]) -> str:
     )
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    row = next(x for x in r["rows"] if x["precision"] == "fp32" and x["threads"] == 1)
+    return f"VAE decoder fp32, 1 thread: p50 {row['p50_us']:,.0f} µs, p99 {row['p99_us']:,.0f} µs"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")

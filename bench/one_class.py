@@ -694,6 +694,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    h = r["headline"]
+    return f"`{h['score']}` mean AUROC {100 * h['mean']:.2f} ± {100 * h['std']:.2f} %"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render is not None:

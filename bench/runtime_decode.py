@@ -62,6 +62,15 @@ def render(report: dict[str, Any]) -> str:
     )
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    row = next(x for x in r["rows"] if x["call"].startswith("score (vae"))
+    return (
+        f"VAE score of 1,024 images: fp32 {row['fp32_ms']:.1f} ms, int8/fp32 "
+        f"{row['int8_ms'] / row['fp32_ms']:.2f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")

@@ -99,6 +99,13 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    rates = {(x["method"], x["batch"]): x["images_per_s"] for x in r["rates"]}
+    ort, keras = rates["ORT fp32", 256], rates["Keras model.predict", 256]
+    return f"ORT fp32 at batch 256: {ort:,.0f} images/s, {ort / keras:.1f}x Keras `predict`"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")

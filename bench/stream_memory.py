@@ -135,6 +135,15 @@ def render(report: dict[str, Any]) -> str:
     return text
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    last = r["results"][-1]
+    return (
+        f"{last['images']:,} images at {last['scoring_images_per_s']:,.0f} images/s, peak RSS "
+        f"{last['peak_rss_kib'] / 1024:,.0f} MiB"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")

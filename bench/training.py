@@ -138,6 +138,15 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    rows = [x for x in r["per_setting"] if x["model"] == "vae" and x["xla"]]
+    batch = r["batch_size"]
+    on = next(x["seconds"] for x in rows if x["checkpoint"] and x["batch"] == batch)
+    off = next(x["seconds"] for x in rows if not x["checkpoint"] and x["batch"] == batch)
+    return f"VAE {off:.2f} s/epoch; a checkpoint after every epoch {(on - off) / off:+.1%}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with data/")

@@ -117,6 +117,12 @@ def append_line(path: Path, line: dict[str, Any]) -> None:
         tmp.write_text(old + json.dumps(line) + "\n")
 
 
+def index_line(lines: list[dict[str, Any]]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    best = min(lines, key=lambda x: x["val_neg_elbo"])
+    return f"{len(lines)} setups; best val -ELBO {best['val_neg_elbo']:.2f} (`{best['name']}`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with data/")

@@ -434,7 +434,7 @@ def _test_images(ref: Path) -> np.ndarray:
 
 
 def compare_runs(ref: Path, other: Path) -> list[Check]:
-    """Every check of ``other`` against the reference run ``ref`` (see the module docstring)."""
+    """Every check of ``other`` against the reference run ``ref`` (the rules: docs/benchmarks/soak.md)."""
     files_ref, files_other = run_files(ref), run_files(other)
     missing = sorted(set(files_ref) - set(files_other))
     extra = sorted(set(files_other) - set(files_ref))

@@ -95,3 +95,8 @@ def render(summary: dict[str, Any]) -> str:
         + ("EQUAL to the uninterrupted run" if summary["equal"] else "NOT EQUAL or failed"),
     ]
     return "\n".join(lines)
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    return f"{r['kills']} SIGKILLs: {'equal' if r['equal'] else 'NOT equal'} to the unbroken run"

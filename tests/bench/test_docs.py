@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import docs
+from bench import docs, run_capture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,11 +26,12 @@ def test_render_rewrites_named_blocks_only():
 
 def test_metric_table_and_verdicts_follow_the_numbers():
     metrics = {"ae.latent_empty_frac": 0.2, "vae.latent_empty_frac": 0.3, "vae.elbo_nats": -137.123}
-    table = docs.metrics_block({"metrics": metrics})
+    run = {"metrics": metrics}
+    table = run_capture.metrics_block(run)
     assert "| `vae.elbo_nats` | -137.1 |" in table and table.count("\n") == 5
-    assert "has no fewer gaps than the AE's: 30.0%" in docs.verdicts_block({"metrics": metrics})
+    assert "has no fewer gaps than the AE's: 30.0%" in run_capture.verdicts_block(run)
     metrics["vae.latent_empty_frac"] = 0.1
-    assert "has fewer gaps than the AE's: 10.0%" in docs.verdicts_block({"metrics": metrics})
+    assert "has fewer gaps than the AE's: 10.0%" in run_capture.verdicts_block(run)
 
 
 def test_unknown_and_unclosed_blocks_are_reported():
