@@ -36,7 +36,7 @@ BEAM_TESTS := tests/export/test_beam.py
 
 ARGS ?=
 
-.PHONY: run test test-runtime test-beam lint venv runtime-venv beam-venv browser-deps chromium clean
+.PHONY: run test test-runtime test-beam lint docs-check venv runtime-venv beam-venv browser-deps chromium clean
 
 venv: $(STAMP)
 
@@ -85,7 +85,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint $(RT_STAMP) $(BEAM_STAMP) browser-deps
+# every figure of README.md and docs/ against the committed results (python -m bench.docs
+# rewrites the pages from bench/results/)
+docs-check: $(STAMP)
+	$(PY) -m bench.docs --check
+
+test: lint docs-check $(RT_STAMP) $(BEAM_STAMP) browser-deps
 	rm -rf $(SMOKE_RUN)
 	SMOKE_RUN_DIR=$(SMOKE_RUN) $(PY) -m pytest $(TRAINING_TESTS)
 	$(MAKE) --no-print-directory test-runtime

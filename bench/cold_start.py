@@ -1,13 +1,14 @@
 """Wall time from a fresh process to the first generated digit: the TensorFlow-free runtime
 against loading the ``.keras`` VAE decoder with TensorFlow.
 
-    .venv/bin/python bench/cold_start.py --run artifacts --repeats 5
+    python -m bench.cold_start --run artifacts --repeats 5
 
 Each measurement starts a new Python process and waits for it to exit after one digit:
 interpreter start, imports, loading (the runtime verifies every sha256 of the bundle first),
-decoding one latent. The runtime runs in ``.venv-runtime`` (numpy, onnxruntime, Pillow only;
-``make test`` builds it) when present, else in this interpreter; the Keras decoder in this
-interpreter (``.venv``), called directly (``decoder(z)``) and through ``predict``.
+decoding one latent. The runtime runs in the runtime-only environment (``--runtime-python``,
+default ``.venv-runtime``, which ``make test`` builds: numpy, onnxruntime, Pillow only) when it
+exists, else in this interpreter; the Keras decoder in this interpreter (``.venv``), called
+directly (``decoder(z)``) and through ``predict``. Writes ``bench/results/cold_start.json``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import DEFAULT_RUN, REPO, machine, table  # noqa: E402
-
-from pipeline.common import Paths  # noqa: E402
+from bench.common import (
+    DEFAULT_RUN,
+    REPO,
+    command_line,
+    load_report,
+    machine,
+    render_load,
+    result_path,
+    table,
+    write_result,
+)
+from pipeline.common import Paths
 
 RUNTIME = """
 from export.bundle import Bundle
@@ -47,15 +56,50 @@ def wall(python: str, code: str) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+def render(report: dict[str, Any]) -> str:
+    """The run's table, from its result file."""
+    times = report["seconds"]
+    base = statistics.median(next(iter(times.values())))
+    rows = [
+        [name, f"{statistics.median(t):.2f}", f"{min(t):.2f}",
+         f"{statistics.median(t) / base:.1f}x"]
+        for name, t in times.items()
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            f"machine: {report['machine']}",
+            f"{report['repeats']} fresh processes each (interleaved), after one untimed start",
+            "",
+            table(["process", "median s", "min s", "vs runtime"], rows),
+            "",
+            render_load(report["load"]),
+        ]
+    )
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    medians = [statistics.median(t) for t in r["seconds"].values()]
+    return f"runtime {medians[0]:.2f} s to the first digit, Keras {min(medians[1:]):.2f} s"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--runtime-python",
+        type=Path,
+        default=REPO / ".venv-runtime" / "bin" / "python",
+        help="interpreter of the runtime-only environment (default .venv-runtime's)",
+    )
+    parser.add_argument("--json", type=Path, default=result_path("cold_start"), help="result file")
+    args = parser.parse_args(argv)
+    load_start = os.getloadavg()
     run = args.run.resolve()
-    runtime_python = REPO / ".venv-runtime" / "bin" / "python"
-    runtime_env = ".venv-runtime" if runtime_python.exists() else "this interpreter"
-    python_rt = str(runtime_python) if runtime_python.exists() else sys.executable
+    separate = args.runtime_python.exists()
+    runtime_env = "runtime-only environment" if separate else "this interpreter"
+    python_rt = str(args.runtime_python) if separate else sys.executable
     decoder = str(Paths(run).keras_file("vae", "decoder"))
     cases = {
         f"runtime (ONNX Runtime, {runtime_env})": (python_rt, RUNTIME.format(bundle=str(run / "export"))),
@@ -75,20 +119,16 @@ def main() -> None:
         for name, (python, code) in cases.items():
             times[name].append(wall(python, code))
             print(f"  {name}: {times[name][-1]:.2f} s", file=sys.stderr)
-    base = statistics.median(times[next(iter(cases))])
-    rows = [
-        [
-            name,
-            f"{statistics.median(t):.2f}",
-            f"{min(t):.2f}",
-            f"{statistics.median(t) / base:.1f}x",
-        ]
-        for name, t in times.items()
-    ]
-    print(f"machine: {machine()}")
-    print(f"{args.repeats} fresh processes each (interleaved), after one untimed start")
-    print()
-    print(table(["process", "median s", "min s", "vs runtime"], rows))
+    report = {
+        "machine": machine(),
+        "command": command_line(),
+        "run": str(args.run),
+        "repeats": args.repeats,
+        "seconds": times,
+        "load": load_report(load_start),
+    }
+    write_result(args.json, report)
+    print(render(report))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 A Robustness Benchmark for Computer Vision"), and whether another score, or a combination of
 the AE's and the VAE's, makes a better default.
 
-    .venv/bin/python bench/corruptions.py --run artifacts          # needs the export stage's bundle
-    .venv/bin/python bench/corruptions.py --run artifacts --json /tmp/c.json --limit 2000
+    python -m bench.corruptions --run artifacts          # needs the export stage's bundle
+    python -m bench.corruptions --run artifacts --json /tmp/c.json --limit 2000
+    python -m bench.corruptions --render bench/results/corruptions.json
 
 The suite: the fifteen corruptions of MNIST-C, each at one fixed severity (``CORRUPTIONS``, the
 default severity of each corruption in the MNIST-C reference code, listed in ``SEVERITY``),
@@ -36,8 +37,10 @@ validation split and the test numbers are reported, after the choice, for all of
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,18 +49,23 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: python bench/corruptions.py
-    sys.path.insert(0, str(REPO))
-
-from bench.common import DEFAULT_RUN, machine, table  # noqa: E402
-from export.files import write_json_atomic  # noqa: E402
-from export.metrics import roc_auc  # noqa: E402
-from export.scoring import calibrate_threshold, false_positive_rate  # noqa: E402
+from bench.common import (
+    DEFAULT_RUN,
+    command_line,
+    load_report,
+    load_uint8,
+    machine,
+    render_load,
+    result_path,
+    table,
+    write_result,
+)
+from export.metrics import roc_auc
+from export.scoring import calibrate_threshold, false_positive_rate
 
 SIDE = 28
 CENTRE = (SIDE - 1) / 2.0  # 13.5: transforms keep the image centre fixed, as MNIST-C does
-DEFAULT_JSON = REPO / "bench" / "corruptions.json"
+DEFAULT_JSON = result_path("corruptions")
 MODELS = ("ae", "vae")
 CHUNK = 1000  # images corrupted at a time
 
@@ -521,24 +529,173 @@ def pct(x: float) -> str:
     return f"{100.0 * x:.1f}%"
 
 
-def main() -> None:
+def render(report: dict[str, Any]) -> str:
+    """The run's tables, from its result file."""
+    part1, choice, on_test = report["bundle_scores"], report["choice"], report["test"]
+    models = list(part1)
+    names = list(report["corruptions"])
+    chosen, bound, on_b = choice["chosen"], choice["fpr_bound"], choice["validation_b"]
+    half_a, half_b = report["validation_halves"]
+    rows = [
+        [name, report["corruptions"][name]["severity"]]
+        + [
+            cell
+            for m in models
+            for cell in (
+                f"{part1[m]['corruptions'][name]['auroc']:.3f}",
+                pct(part1[m]["corruptions"][name]["flagged"]),
+            )
+        ]
+        for name in names
+    ]
+    rows.append(
+        ["mean of the 15", ""]
+        + [
+            cell
+            for m in models
+            for cell in (
+                f"{np.mean([v['auroc'] for v in part1[m]['corruptions'].values()]):.3f}",
+                pct(np.mean([v["flagged"] for v in part1[m]["corruptions"].values()])),
+            )
+        ]
+    )
+    rows.append(
+        ["clean test digits (FPR)", ""]
+        + [c for m in models for c in ("", pct(part1[m]["clean_fpr"]))]
+    )
+    header = ["corruption", "MNIST-C severity"] + [
+        f"{m.upper()} {what}" for m in models for what in ("AUROC", "flagged")
+    ]
+
+    def candidate_row(name: str, r: dict[str, Any], *more: str) -> list[str]:
+        summary = [f"{r['mean_auroc']:.3f}", pct(r["mean_flagged"]), pct(r["clean_fpr"])]
+        return [name, *summary, *more, "**chosen**" if name == chosen else ""]
+
+    thresholds = ", ".join(f"{m.upper()} {part1[m]['threshold']:.6g}" for m in models)
+    per_rows = [
+        [name]
+        + [
+            f"{on_test[c]['corruptions'][name]['auroc']:.3f} / "
+            f"{pct(on_test[c]['corruptions'][name]['flagged'])}"
+            for c in on_test
+        ]
+        for name in names
+    ]
+    seconds = report["seconds"]
+    lines = [
+        f"machine: {report['machine']}",
+        f"bundle {report['bundle']}: thresholds calibrated at FPR {report['fpr']:g} on validation "
+        f"({thresholds}); {report['test_digits']:,} test digits, each corruption applied to all "
+        "of them",
+        "",
+        table(
+            ["corruption", "MNIST-C severity", "as drawn here"],
+            [
+                [n, report["corruptions"][n]["severity"], report["corruptions"][n]["definition"]]
+                for n in names
+            ],
+        ),  # fmt: skip
+        "",
+        table(header, rows),
+        "",
+        f"choice on validation: half A ({half_a:,} clean digits) fits each candidate, half B "
+        f"({half_b:,} digits, clean and under each corruption) measures it; FPR bound {pct(bound)}",
+        "",
+        table(
+            ["candidate", "mean AUROC", "mean flagged", "clean FPR", "within bound", ""],
+            [
+                candidate_row(n, r, "yes" if r["clean_fpr"] <= bound else "no")
+                for n, r in on_b.items()
+            ],
+        ),  # fmt: skip
+        "",
+        "test, after the choice (every candidate refitted on the whole validation split):",
+        "",
+        table(
+            ["candidate", "mean AUROC", "mean flagged", "clean test FPR", ""],
+            [candidate_row(n, r) for n, r in on_test.items()],
+        ),
+        "",
+        "test, per corruption: AUROC / flagged",
+        "",
+        table(["corruption", *on_test], per_rows),
+        "",
+        f"chosen: {chosen}; wall time {seconds['total']:.0f} s (corrupting "
+        f"{seconds['corrupt']:.0f} s, scoring {seconds['score']:.0f} s)",
+    ]
+    if "load" in report:  # runs before the load was recorded have none
+        lines.append(render_load(report["load"]))
+    return "\n".join(lines)
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    vae = r["bundle_scores"]["vae"]["corruptions"].values()
+    return (
+        f"VAE mean AUROC {statistics.mean(v['auroc'] for v in vae):.3f}; default kept: "
+        f"`{r['choice']['chosen']}`"
+    )
+
+
+def findings(report: dict[str, Any]) -> str:
+    """The corruption table read in words: means, the corruptions each score misses, the choice."""
+    scores, test = report["bundle_scores"], report["test"]
+    means = {
+        m: (
+            statistics.mean(v["auroc"] for v in s["corruptions"].values()),
+            statistics.mean(v["flagged"] for v in s["corruptions"].values()),
+        )
+        for m, s in scores.items()
+    }
+    chosen = report["choice"]["chosen"]
+    best_auroc = max(test, key=lambda c: test[c]["mean_auroc"])
+    lines = [
+        "- **Mean over the fifteen corruptions**: "
+        + "; ".join(
+            f"{m.upper()} AUROC {auroc:.3f}, {flagged:.1%} flagged"
+            for m, (auroc, flagged) in means.items()
+        )
+        + ".",
+    ]
+    for m, s in scores.items():
+        missed = [n for n, v in s["corruptions"].items() if v["flagged"] <= 2 * s["clean_fpr"]]
+        lines.append(
+            f"- **Flagged at most twice the clean rate by the {m.upper()}** "
+            f"({s['clean_fpr']:.1%} of clean test digits): " + (", ".join(missed) or "none") + "."
+        )
+    lines.append(
+        f"- **Choice on validation**: `{chosen}` "
+        f"({report['choice']['validation_b'][chosen]['mean_flagged']:.1%} flagged on half B); on "
+        f"test, after the choice, `{chosen}` flags {test[chosen]['mean_flagged']:.1%} at a clean "
+        f"FPR of {test[chosen]['clean_fpr']:.1%}; the highest mean AUROC on test is "
+        f"`{best_auroc}`'s ({test[best_auroc]['mean_auroc']:.3f}, against "
+        f"{test[chosen]['mean_auroc']:.3f})."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--seed", type=int, default=0, help="seed of the corruptions and halves")
     parser.add_argument("--limit", type=int, help="use only the first N test digits (a quick look)")
     parser.add_argument("--threads", type=int, default=0, help="ORT threads (0: all cores)")
-    args = parser.parse_args()
+    parser.add_argument("--render", type=Path, metavar="JSON", help="print a stored result")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    load_start = os.getloadavg()
 
     from export.bundle import Bundle
 
     started = time.perf_counter()
     bundle = Bundle.load(args.run / "export", threads=args.threads)
     fpr = float(bundle.manifest["anomaly"]["fpr"])
-    with np.load(args.run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        test = npz["test_images"][: args.limit]
-        validation = npz["validation_images"]
+    test = load_uint8(args.run, "test")[: args.limit]
+    validation = load_uint8(args.run, "validation")
     halves = np.random.default_rng([args.seed, 1]).permutation(len(validation))
     half_a, half_b = np.sort(halves[: len(halves) // 2]), np.sort(halves[len(halves) // 2 :])
 
@@ -574,34 +731,6 @@ def main() -> None:
                 for name, s in scores["test"].items()
             },
         }
-    rows = [
-        [name, SEVERITY[name]]
-        + [
-            cell
-            for m in MODELS
-            for cell in (
-                f"{part1[m]['corruptions'][name]['auroc']:.3f}",
-                pct(part1[m]["corruptions"][name]["flagged"]),
-            )
-        ]
-        for name in CORRUPTIONS
-    ]
-    rows.append(
-        ["mean of the 15", ""]
-        + [
-            cell
-            for m in MODELS
-            for cell in (
-                f"{np.mean([v['auroc'] for v in part1[m]['corruptions'].values()]):.3f}",
-                pct(np.mean([v["flagged"] for v in part1[m]["corruptions"].values()])),
-            )
-        ]
-    )
-    rows.append(
-        ["clean test digits (FPR)", ""]
-        + [c for m in MODELS for c in ("", pct(part1[m]["clean_fpr"]))]
-    )
-
     # part 2: fit on validation half A, choose on half B, then refit on all of validation, test
     clean_a = {m: clean["val"][m][half_a] for m in MODELS}
     clean_b = {m: clean["val"][m][half_b] for m in MODELS}
@@ -612,78 +741,10 @@ def main() -> None:
         for c in candidates()
     }
 
-    header = [
-        "corruption",
-        "MNIST-C severity",
-        "AE AUROC",
-        "AE flagged",
-        "VAE AUROC",
-        "VAE flagged",
-    ]
-    print(f"machine: {machine()}")
-    print(
-        f"bundle {args.run / 'export'}: thresholds calibrated at FPR {fpr:g} on validation "
-        f"(AE {bundle.threshold('ae'):.6g}, VAE {bundle.threshold('vae'):.6g}); "
-        f"{len(test):,} test digits, each corruption applied to all of them"
-    )
-    print()
-    print(
-        table(
-            ["corruption", "MNIST-C severity", "as drawn here"],
-            [[name, SEVERITY[name], describe(name)] for name in CORRUPTIONS],
-        )
-    )
-    print()
-    print(table(header, rows))
-    print()
-    print(
-        f"choice on validation: half A ({len(half_a):,} clean digits) fits each candidate, half B "
-        f"({len(half_b):,} digits, clean and under each corruption) measures it; FPR bound "
-        f"{pct(bound)}"
-    )
-    print()
-
-    def candidate_row(name: str, r: dict[str, Any], *more: str) -> list[str]:
-        summary = [f"{r['mean_auroc']:.3f}", pct(r["mean_flagged"]), pct(r["clean_fpr"])]
-        return [name, *summary, *more, "**chosen**" if name == chosen else ""]
-
-    choice_rows = [
-        candidate_row(name, r, "yes" if r["clean_fpr"] <= bound else "no")
-        for name, r in on_b.items()
-    ]
-    print(
-        table(
-            ["candidate", "mean AUROC", "mean flagged", "clean FPR", "within bound", ""],
-            choice_rows,
-        )
-    )
-    print()
-    print("test, after the choice (every candidate refitted on the whole validation split):")
-    print()
-    test_rows = [candidate_row(name, r) for name, r in on_test.items()]
-    print(table(["candidate", "mean AUROC", "mean flagged", "clean test FPR", ""], test_rows))
-    print()
-    per_rows = [
-        [name]
-        + [
-            f"{on_test[c]['corruptions'][name]['auroc']:.3f} / "
-            f"{pct(on_test[c]['corruptions'][name]['flagged'])}"
-            for c in on_test
-        ]
-        for name in CORRUPTIONS
-    ]
-    print("test, per corruption: AUROC / flagged")
-    print()
-    print(table(["corruption", *on_test], per_rows))
     total = time.perf_counter() - started
-    print(
-        f"\nchosen: {chosen}; wall time {total:.0f} s (corrupting {seconds['corrupt']:.0f} s, "
-        f"scoring {seconds['score']:.0f} s)"
-    )
-
     report = {
         "machine": machine(),
-        "command": " ".join(["bench/corruptions.py", *sys.argv[1:]]),
+        "command": command_line(),
         "bundle": str(args.run / "export"),
         "fpr": fpr,
         "seed": args.seed,
@@ -702,9 +763,10 @@ def main() -> None:
         },
         "test": on_test,
         "seconds": {**seconds, "total": total},
+        "load": load_report(load_start),
     }
-    write_json_atomic(args.json, report)
-    print(f"wrote {args.json}")
+    write_result(args.json, report)
+    print(render(report))
 
 
 if __name__ == "__main__":

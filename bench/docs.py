@@ -1,18 +1,23 @@
-"""Regenerate the figures README.md and BENCHMARKS.md quote from the files of the runs they name.
+"""Render every measured figure of README.md and docs/ from the committed results under
+``bench/results/``; ``--check`` fails when a page no longer matches them.
 
-    .venv/bin/python bench/docs.py --run artifacts --binarized artifacts-binarized
-    .venv/bin/python bench/docs.py --run artifacts --check     # exit 1 if a block is stale
+    python -m bench.docs --run artifacts --capture     # a run's files -> bench/results/default_run.json
+    python -m bench.docs --binarized artifacts-binarized --capture   # -> binarized_run.json
+    python -m bench.docs                               # rewrite every generated block
+    python -m bench.docs --check                       # exit 1 if a block is stale or hand-edited
 
-Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
-and is rewritten whole from the run's ``run.json``, the training summaries, ``eval/metrics.json``
-and ``export/manifest.json``; text outside the blocks is left alone. A block whose run is not
-given (``--binarized``) keeps its text. Nothing in a block is typed by hand, so a
-figure cannot go stale without ``--check`` saying so.
+A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` and is
+rewritten whole by ``BLOCKS[NAME]``; text outside the blocks is left alone. Rendering reads only
+committed JSON (a clean clone has no pipeline run), so the pipeline's figures are first
+*captured*: ``--capture`` copies what the pages quote from a run folder (``run.json``, the
+summaries, ``eval/metrics.json``, the export manifest, the runtime's flags on the test digits)
+into one JSON file. A block whose result file is not committed renders the command that makes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -20,274 +25,200 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: python bench/docs.py
-    sys.path.insert(0, str(REPO))
+from bench import run_capture
+from bench.common import REPO, RESULTS, table
+from export.files import write_json_atomic, write_text_atomic
 
-from export.files import write_text_atomic  # noqa: E402
-from pipeline.common import Paths  # noqa: E402
-from pipeline.report import METRIC_DOCS  # noqa: E402
-
-TRAINING_STAGES = ("ingest", "train_ae", "train_vae", "train_denoiser")
 BLOCK = re.compile(
     r"(<!-- generated:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
     re.DOTALL,
 )
+OPENING = re.compile(r"<!-- generated:(?P<name>[a-z0-9-]+) -->")
+CAPTURES = {  # --capture: which run becomes which result file
+    "run": "default_run",
+    "binarized": "binarized_run",
+    "conv": "conv_run",
+}
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"docs: {path} not found: run the pipeline first") from None
+# -- the benchmarks -------------------------------------------------------------------------------
 
 
-def stage_seconds(run: Path) -> dict[str, float]:
-    return {name: s["seconds"] for name, s in read_json(run / "run.json")["stages"].items()}
+def as_markdown(text: str) -> str:
+    """A script's printed report as Markdown: its tables as they are, every run of other lines
+    in a code block (machine, settings, load)."""
+    parts: list[tuple[bool, list[str]]] = []  # (is a table, lines)
+    for line in text.strip("\n").split("\n"):
+        is_table = line.startswith("|")
+        if not parts or parts[-1][0] != is_table:
+            parts.append((is_table, []))
+        parts[-1][1].append(line)
+    out = []
+    for is_table, lines in parts:
+        body = "\n".join(lines).strip("\n")
+        if body:
+            out.append(body if is_table else "```\n" + body + "\n```")
+    return "\n\n".join(out) + "\n"
 
 
-def training_result(run: Path, kind: str) -> str:
-    summary = read_json(Paths(run).summary_file(kind))
-    ran, best = summary["epochs_run"], summary["best_epoch"]
-    text = (
-        f"{ran} epochs ({summary['seconds_per_epoch']:.1f} s each), best val loss "
-        f"**{summary['best_val_loss']:.2f}** nats/image at epoch {best} "
-        f"(train {summary['train_loss_at_best']:.2f})"
-    )
-    if "val_kl_at_best" in summary:
-        text += f", val KL {summary['val_kl_at_best']:.2f}"
-    if "ended_by" in summary:
-        text += f"; ended by the {summary['ended_by'].replace('_', ' ')}"
-    return text
+def script_block(module: str, function: str = "render") -> Callable[[dict[str, Any]], str]:
+    """The block of ``module``: its ``render`` of its result file, as Markdown (``function``:
+    another function of the module, whose text is Markdown already)."""
+
+    def block(report: dict[str, Any]) -> str:
+        text = getattr(importlib.import_module(module), function)(report)
+        return as_markdown(text) if function == "render" else text.rstrip("\n") + "\n"
+
+    return block
 
 
-def classifier_note(run: Path) -> str:
-    """How the evaluate stage got its digit classifier (it is reused while the data is the same)."""
-    path = run / "eval" / "classifier.json"
-    if not path.is_file():
-        return ""
-    record = read_json(path)
-    return (
-        f"; the digit classifier (test accuracy {record['test_acc']:.4f}) took "
-        f"{record['train_seconds']:.0f} s to train when it was made and is reused while the data "
-        "are unchanged"
-    )
-
-
-def run_summary_block(run: Path) -> str:
-    """The stage table of the default run: wall time and result of every stage."""
-    seconds = stage_seconds(run)
-    info = read_json(run / "run.json")
-    versions = info["versions"]
-    metrics = read_json(run / "eval" / "metrics.json")
-    manifest = read_json(run / "export" / "manifest.json")
-    results = {
-        "ingest": "tfds built from the mirror: 55,000 / 5,000 / 10,000 digits",
-        "train_ae": training_result(run, "ae"),
-        "train_vae": training_result(run, "vae"),
-        "evaluate": f"{len(metrics)} metrics, figures and report" + classifier_note(run),
-        "export": f"{len(manifest['files'])} files in the bundle, parity checked",
-    }
-    if "train_denoiser" in seconds:
-        results["train_denoiser"] = training_result(run, "denoiser")
-    training = sum(seconds.get(name, 0.0) for name in TRAINING_STAGES)
-    lines = [
-        f"`run_pipeline.py` (`{run.name}/run.json`, seed {info['seed']}; Python "
-        f"{versions['python']}, TensorFlow {versions.get('tensorflow', '?')}, Keras "
-        f"{versions.get('keras', '?')}): **{sum(seconds.values()):.0f} s** for the whole "
-        f"pipeline, of which ingest and training took **{training:.0f} s**.",
-        "",
-        "| stage | wall time | result |",
-        "| --- | ---: | --- |",
-    ]
-    for name, value in seconds.items():
-        lines.append(f"| {name} | {value:.1f} s | {results.get(name, '')} |")
-    return "\n".join(lines) + "\n"
-
-
-def format_metric(key: str, value: float) -> str:
-    if key.endswith(("_k", "dead_units")):
-        return f"{value:.0f}"
-    if abs(value) >= 100:
-        return f"{value:.1f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.4f}"
-
-
-def metrics_block(run: Path) -> str:
-    """Every metric of ``eval/metrics.json`` with its value and meaning."""
-    metrics = read_json(run / "eval" / "metrics.json")
-    lines = ["| key | default run | meaning |", "| --- | ---: | --- |"]
-    for key, value in metrics.items():
-        lines.append(f"| `{key}` | {format_metric(key, value)} | {METRIC_DOCS.get(key, '')} |")
-    return "\n".join(lines) + "\n"
-
-
-def verdicts_block(run: Path) -> str:
-    """What the measures say about the article's claims, decided by the numbers."""
-    m = read_json(run / "eval" / "metrics.json")
-    lines = []
-    if {"ae.latent_empty_frac", "vae.latent_empty_frac"} <= m.keys():
-        ae, vae = m["ae.latent_empty_frac"], m["vae.latent_empty_frac"]
-        verdict = "fewer" if vae < ae else "no fewer"
-        lines.append(
-            f"- **Gaps.** The VAE's latent has {verdict} gaps than the AE's: {vae:.1%} of the "
-            f"cells of its train-latent box are empty against the AE's {ae:.1%} "
-            "(`*.latent_empty_frac`, one rule for both models)."
-        )
-    if {"denoise.psnr_gain_db", "denoise.class_kept"} <= m.keys():
-        lines.append(
-            f"- **Denoising.** The denoiser gains {m['denoise.psnr_gain_db']:+.2f} dB of PSNR "
-            f"and keeps the digit's class on {m['denoise.class_kept']:.1%} of the noisy test "
-            "digits (`denoise.*`)."
-        )
-    if {"ae.sample_fid", "vae.sample_fid"} <= m.keys():
-        better = "VAE" if m["vae.sample_fid"] < m["ae.sample_fid"] else "AE"
-        lines.append(
-            f"- **Generation.** The {better}'s samples are closer to real digits (sample FID "
-            f"AE {m['ae.sample_fid']:.1f}, VAE {m['vae.sample_fid']:.1f}; train vs test digits "
-            f"{m.get('reference.fid_train_test', float('nan')):.2f})."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def export_sizes_block(run: Path) -> str:
-    """Sizes of the fp32 and int8 decoders and the int8 drift, from the bundle's manifest."""
-    manifest = read_json(run / "export" / "manifest.json")
-    files, models = manifest["files"], manifest["models"]
-    lines = [
-        "| model | fp32 | int8 | int8 method | mean drift | max drift (one batch) | max drift (one latent at a time) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for kind in ("vae", "ae"):
-        fp32 = files[models[f"{kind}_decoder"]["file"]]["bytes"]
-        int8_model = models.get(f"{kind}_decoder_int8")
-        if int8_model is None:
-            continue
-        int8, drift = files[int8_model["file"]]["bytes"], int8_model["drift_vs_fp32"]
-        method = int8_model.get("quantization_choice", {}).get("method", "dynamic")
-        lines.append(
-            f"| {kind.upper()} decoder | {fp32:,} B | {int8:,} B ({int8 / fp32:.0%}) | `{method}` | "
-            f"{drift['mean_abs']:.5f} | {drift['max_abs']:.4f} | {drift['max_abs_one_at_a_time']:.4f} |"
-        )
-    parity = manifest["parity"]
-    worst = max(parity["models"].items(), key=lambda item: item[1]["worst_ratio_to_tolerance"])
-    lines += [
-        "",
-        f"Parity on {parity['samples']:,} test digits: the largest ORT-Keras difference of any "
-        f"model is {max(m['max_abs_diff'] for m in parity['models'].values()):.2g} "
-        f"({worst[0]}: {worst[1]['worst_ratio_to_tolerance']:.0%} of its allowance).",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def quantization_block(run: Path) -> str:
-    """Every int8 candidate the export stage measured for each decoder, and the one it kept."""
-    manifest = read_json(run / "export" / "manifest.json")
-    config = read_json(run / "run.json")["config"]
-    model, train = config["model"], config["train"]
-    shape = model["hidden_units"] if model["architecture"] == "mlp" else model["conv_filters"]
-    epochs = {k: read_json(run / k / "summary.json")["epochs_run"] for k in ("ae", "vae")}
-    lines = [
-        f"{model['architecture']} {shape}, latent {model['latent_dim']}, "
-        f"{epochs['ae']} (AE) and {epochs['vae']} (VAE) epochs of a budget of {train['epochs']}:",
-        "",
-        "| decoder | method | mean drift | max drift | size of fp32 | within the targets | kept |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for kind in ("vae", "ae"):
-        choice = manifest["models"].get(f"{kind}_decoder_int8", {}).get("quantization_choice")
-        if choice is None:
-            continue
-        for row in choice["candidates"]:
-            worst = max(row["max_abs"], row["max_abs_one_at_a_time"])
-            lines.append(
-                f"| {kind.upper()} | `{row['method']}` | {row['mean_abs']:.5f} | {worst:.4f} | "
-                f"{row['size_ratio']:.0%} | {'yes' if row['within_targets'] else 'no'} | "
-                f"{'**kept**' if row['method'] == choice['method'] else ''} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def manifest_excerpt_block(run: Path) -> str:
-    """The top of the bundle's manifest: everything but the per-file and per-model lists."""
-    manifest = read_json(run / "export" / "manifest.json")
-    excerpt = {
-        key: manifest[key]
-        for key in ("format_version", "latent_dim", "input", "anomaly", "latent_boxes")
-        if key in manifest
-    }
-    excerpt["models"] = {
-        name: {k: v for k, v in model.items() if k in ("file", "precision", "opset")}
-        for name, model in manifest["models"].items()
-    }
-    body = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in excerpt.items())
-    return "```json\n{\n" + body + "\n}\n```\n"
-
-
-def runtime_scores_block(run: Path) -> str:
-    """The runtime (``export.bundle.Bundle``, no TensorFlow) scoring the run's test digits."""
-    import numpy as np
-
-    from export.bundle import Bundle
-
-    with np.load(run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        test = npz["test_images"].astype(np.float32) / np.float32(255.0)
-    bundle = Bundle.load(run / "export")
-    flagged = {kind: int(bundle.is_anomaly(test, model=kind).sum()) for kind in ("vae", "ae")}
-    metrics = read_json(run / "eval" / "metrics.json")
-    return (
-        f"On `{run.name}`, scoring its {len(test):,} test digits with the bundle flags "
-        f"{flagged['vae']} with the VAE and {flagged['ae']} with the AE "
-        f"({flagged['vae'] / len(test):.2%} and {flagged['ae'] / len(test):.2%}; the evaluate "
-        f"stage's `test_fpr` on the same digits: {metrics['vae.test_fpr']:.2%} and "
-        f"{metrics['ae.test_fpr']:.2%}).\n"
-    )
-
-
-def binarized_block(run: Path) -> str:
-    """The likelihood benchmark's numbers from a run of ``configs/binarized.toml``."""
-    m = read_json(run / "eval" / "metrics.json")
-    vae = read_json(Paths(run).summary_file("vae"))
-    return (
-        "\n".join(
-            [
-                f"From `{run.name}` (VAE: {vae['epochs_run']} epochs, best at epoch "
-                f"{vae['best_epoch']}, best val loss {vae['best_val_loss']:.2f} nats):",
-                "",
-                "| | this project, 2-D latent |",
-                "| --- | ---: |",
-                f"| test ELBO (nats) | {m['vae.elbo_nats']:.2f} |",
-                f"| KL (nats) | {m['vae.kl_nats']:.2f} |",
-                f"| test NLL, K = {m['vae.nll_is_k']:.0f} (nats) | {m['vae.nll_is_nats']:.2f} |",
-            ]
-        )
-        + "\n"
-    )
-
-
-def vae_choices_block(path: Path) -> str:
-    """The table and seed summary of ``bench/vae_choices.py``'s results file."""
+def vae_choices_block(lines: list[dict[str, Any]]) -> str:
     from bench.vae_choices import render, seed_groups
 
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     summary = seed_groups(lines)
     return render(lines) + "\n" + (f"\n{summary}\n" if summary else "")
 
 
-def stream_memory_block(path: Path) -> str:
-    """``bench/stream_memory.py``'s last run (its JSON), as the script printed it."""
-    from bench.stream_memory import render as render_run
+def one_class_block(result: dict[str, Any]) -> str:
+    from bench.one_class import format_table
 
-    return "```\n" + render_run(read_json(path)) + "\n```\n"
+    return format_table(result).rstrip("\n") + "\n"
 
 
-def soak_block(path: Path) -> str:
-    """``bench/soak.py``'s last run (its JSON summary), as ``soak.py --render`` prints it."""
-    from bench.soak import render as render_soak
+# -- the index of the benchmarks: one line each ------------------------------------------------
 
-    return "```\n" + render_soak(read_json(path)).rstrip("\n") + "\n```\n"
+# name: (result file, page under docs/benchmarks/, command, the module whose index_line() it shows)
+BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
+    "pipeline": ("default_run", "../../README.md#measured-on-this-machine",
+                 "make run, then python -m bench.docs --run artifacts --capture",
+                 "bench.run_capture"),
+    "scoring": ("scoring", "scoring.md", "python -m bench.scoring --run artifacts",
+                "bench.scoring"),
+    "latency": ("latency", "latency.md", "python -m bench.latency --run artifacts",
+                "bench.latency"),
+    "cold start": ("cold_start", "cold-start.md", "python -m bench.cold_start --run artifacts",
+                   "bench.cold_start"),
+    "edge kit": ("edge", "edge.md", "python -m bench.edge --run artifacts", "bench.edge"),
+    "runtime decode": ("runtime_decode", "runtime-decode.md",
+                       "python -m bench.runtime_decode --run artifacts", "bench.runtime_decode"),
+    "explorer decode": ("explorer_decode", "explorer-decode.md",
+                        "python -m bench.explorer_decode --run artifacts",
+                        "bench.explorer_decode"),
+    "streaming memory": ("stream_memory", "stream-memory.md",
+                         "python -m bench.stream_memory --run artifacts", "bench.stream_memory"),
+    "training throughput": ("training", "training.md", "python -m bench.training --run artifacts",
+                            "bench.training"),
+    "training setup": ("vae_choices", "vae-choices.md",
+                       "python -m bench.vae_choices --run artifacts --candidate ...",
+                       "bench.vae_choices"),
+    "one-class novelty": ("one_class", "one-class.md", "python -m bench.one_class --quiet",
+                          "bench.one_class"),
+    "corruptions": ("corruptions", "corruptions.md", "python -m bench.corruptions --run artifacts",
+                    "bench.corruptions"),
+    "kill-and-resume soak": ("soak", "soak.md", "python -m bench.soak --kills 100",
+                             "bench.soak.report"),
+}  # fmt: skip
+
+
+def result_file(name: str) -> Path:
+    return RESULTS / (f"{name}.jsonl" if name == "vae_choices" else f"{name}.json")
+
+
+def load_result(name: str) -> Any | None:
+    path = result_file(name)
+    if not path.is_file():
+        return None
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(path.read_text())
+
+
+def index_block() -> str:
+    """One row per benchmark: its command, its headline figure, its page."""
+    rows = []
+    for label, (name, page, command, module) in BENCHMARKS.items():
+        result = load_result(name)
+        figure = "not measured yet"
+        if result is not None:
+            figure = importlib.import_module(module).index_line(result)
+        rows.append([f"[{label}]({page})", f"`{command}`", figure])
+    return table(["benchmark", "command", "headline (from its result file)"], rows) + "\n"
+
+
+def machines_block() -> str:
+    """The machines the results were measured on (their description without the load), each with
+    the benchmarks measured there."""
+    seen: dict[str, list[str]] = {}
+    for label, (name, _, _, _) in BENCHMARKS.items():
+        result = load_result(name)
+        records = result if isinstance(result, list) else [result]
+        for record in records:
+            if isinstance(record, dict) and "machine" in record:
+                machine = record["machine"]
+                if isinstance(machine, dict):  # bench/one_class.py's own record
+                    machine = f"{machine['cpus']} CPU cores; {machine['platform']}"
+                machine = re.sub(r", load average [0-9. ]+$", "", machine)
+                if label not in seen.setdefault(machine, []):
+                    seen[machine].append(label)
+    return "\n".join(f"- {m}: {', '.join(labels)}" for m, labels in seen.items()) + "\n"
+
+
+# -- blocks, pages and the check ----------------------------------------------------------------
+
+# block name -> (result file it reads, renderer); None: the block reads several files
+BLOCKS: dict[str, tuple[str | None, Callable[[Any], str]]] = {
+    "run-summary": ("default_run", run_capture.run_summary_block),
+    "metrics": ("default_run", run_capture.metrics_block),
+    "verdicts": ("default_run", run_capture.verdicts_block),
+    "export-sizes": ("default_run", run_capture.export_sizes_block),
+    "quantization-mlp": ("default_run", run_capture.quantization_block),
+    "quantization-findings": ("default_run", run_capture.quantization_findings_block),
+    "manifest-excerpt": ("default_run", run_capture.manifest_excerpt_block),
+    "runtime-scores": ("default_run", run_capture.runtime_scores_block),
+    "binarized": ("binarized_run", run_capture.binarized_block),
+    "quantization-conv": ("conv_run", run_capture.quantization_block),
+    "scoring": ("scoring", script_block("bench.scoring")),
+    "latency": ("latency", script_block("bench.latency")),
+    "cold-start": ("cold_start", script_block("bench.cold_start")),
+    "edge": ("edge", script_block("bench.edge")),
+    "edge-operators": ("edge", script_block("bench.edge", "render_operators")),
+    "runtime-decode": ("runtime_decode", script_block("bench.runtime_decode")),
+    "explorer-decode": ("explorer_decode", script_block("bench.explorer_decode")),
+    "training": ("training", script_block("bench.training")),
+    "vae-choices": ("vae_choices", vae_choices_block),
+    "stream-memory": ("stream_memory", script_block("bench.stream_memory")),
+    "one-class": ("one_class", one_class_block),
+    "corruptions": ("corruptions", script_block("bench.corruptions")),
+    "corruptions-findings": ("corruptions", script_block("bench.corruptions", "findings")),
+    "soak": ("soak", script_block("bench.soak.report")),
+    "benchmarks-index": (None, lambda _: index_block()),
+    "machines": (None, lambda _: machines_block()),
+}
+
+
+def how_to_make(name: str) -> str:
+    """The text of a block whose result file is not committed: how to make it."""
+    command = next((c for n, _, c, _ in BENCHMARKS.values() if n == name), None)
+    flag = {v: k for k, v in CAPTURES.items()}.get(name)
+    if flag is not None:
+        command = f"python -m bench.docs --{flag} RUN --capture"
+    return (
+        f"*Not measured yet: `bench/results/{result_file(name).name}` is not committed. "
+        f"`{command}` writes it; `python -m bench.docs` then fills this block.*\n"
+    )
+
+
+def render_block(name: str) -> str:
+    source, renderer = BLOCKS[name]
+    if source is None:
+        return renderer(None)
+    result = load_result(source)
+    return how_to_make(source) if result is None else renderer(result)
+
+
+def pages(root: Path) -> list[Path]:
+    """README.md and every Markdown page under docs/."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
 
 
 def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
@@ -302,60 +233,81 @@ def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
     return BLOCK.sub(replace, text)
 
 
+def problems(text: str) -> list[str]:
+    """Blocks of ``text`` that ``render`` cannot rewrite: unknown names, unclosed openings."""
+    found = []
+    closed = {m.group("name") for m in BLOCK.finditer(text)}
+    for match in OPENING.finditer(text):
+        name = match.group("name")
+        if name not in BLOCKS:
+            found.append(f"unknown generated block {name!r}")
+        elif name not in closed:
+            found.append(f"generated block {name!r} is not closed")
+    return found
+
+
+def update_pages(root: Path, check: bool) -> int:
+    """Rewrite (or, with ``check``, compare) every generated block of the pages under ``root``."""
+    rendered: dict[str, str] = {}
+
+    def lazily(name: str) -> Callable[[], str]:
+        def block() -> str:
+            if name not in rendered:
+                rendered[name] = render_block(name)
+            return rendered[name]
+
+        return block
+
+    blocks = {name: lazily(name) for name in BLOCKS}
+    stale, broken = [], []
+    for page in pages(root):
+        text = page.read_text()
+        shown = page.relative_to(root).as_posix()
+        broken += [f"{shown}: {p}" for p in problems(text)]
+        new = render(text, blocks)
+        if new != text:
+            stale.append(shown)
+            if not check:
+                write_text_atomic(page, new)
+    for line in broken:
+        print(f"docs: {line}", file=sys.stderr)
+    if check and stale:
+        print(
+            f"docs: stale or hand-edited generated blocks in {', '.join(stale)}; "
+            "run python -m bench.docs to rewrite them from bench/results/",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"docs: {'rewrote ' + ', '.join(stale) if stale else 'up to date'}")
+    return 1 if broken else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="the default run's --out")
+    parser.add_argument("--run", type=Path, help="the default run's --out (with --capture)")
     parser.add_argument("--binarized", type=Path, help="a run of configs/binarized.toml")
     parser.add_argument("--conv", type=Path, help="a run with model.architecture=conv")
     parser.add_argument(
-        "--choices",
-        type=Path,
-        default=REPO / "bench" / "vae_choices.jsonl",
-        help="bench/vae_choices.py results",
-    )
-    parser.add_argument(
-        "--stream-memory",
-        type=Path,
-        default=REPO / "bench" / "stream_memory.json",
-        help="bench/stream_memory.py results",
-    )
-    parser.add_argument(
-        "--soak", type=Path, default=REPO / "bench" / "soak.json", help="bench/soak.py results"
+        "--capture",
+        action="store_true",
+        help="write the given runs' figures to bench/results/ before rendering",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a block would change")
+    parser.add_argument(
+        "--root", type=Path, default=REPO, help="the folder holding README.md and docs/"
+    )
     args = parser.parse_args(argv)
-    blocks: dict[str, Callable[[], str]] = {
-        "run-summary": lambda: run_summary_block(args.run),
-        "metrics": lambda: metrics_block(args.run),
-        "verdicts": lambda: verdicts_block(args.run),
-        "export-sizes": lambda: export_sizes_block(args.run),
-        "quantization-mlp": lambda: quantization_block(args.run),
-        "manifest-excerpt": lambda: manifest_excerpt_block(args.run),
-        "runtime-scores": lambda: runtime_scores_block(args.run),
-    }
-    if args.binarized:
-        blocks["binarized"] = lambda: binarized_block(args.binarized)
-    if args.conv:
-        blocks["quantization-conv"] = lambda: quantization_block(args.conv)
-    if args.choices.is_file():
-        blocks["vae-choices"] = lambda: vae_choices_block(args.choices)
-    if args.soak.is_file():
-        blocks["soak"] = lambda: soak_block(args.soak)
-    if args.stream_memory.is_file():
-        blocks["stream-memory"] = lambda: stream_memory_block(args.stream_memory)
-    stale = []
-    for doc in (REPO / "README.md", REPO / "BENCHMARKS.md"):
-        text = doc.read_text()
-        new = render(text, blocks)
-        if new != text:
-            stale.append(doc.name)
-            if not args.check:
-                write_text_atomic(doc, new)
-    if args.check and stale:
-        print(f"docs: stale generated blocks in {', '.join(stale)}", file=sys.stderr)
-        return 1
-    print(f"docs: {'rewrote ' + ', '.join(stale) if stale else 'up to date'}")
-    return 0
+    runs = {flag: getattr(args, flag) for flag in CAPTURES if getattr(args, flag) is not None}
+    if runs and not args.capture:
+        parser.error("--run, --binarized and --conv are read only with --capture")
+    if args.capture:
+        if args.check or not runs:
+            parser.error("--capture needs --run, --binarized or --conv, and no --check")
+        for flag, folder in runs.items():
+            path = result_file(CAPTURES[flag])
+            write_json_atomic(path, run_capture.capture(folder))
+            print(f"docs: captured {folder} into {path.relative_to(REPO)}")
+    return update_pages(args.root, args.check)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The edge kit measured: size, cold start and one-digit latency of the VAE decoder in fp32 and
 int8, as ONNX and as ORT format, from Python and from Node.js, in one run.
 
-    .venv/bin/python bench/edge.py --run RUN --calls 2000 --repeats 3 --starts 5
+    python -m bench.edge --run artifacts --calls 2000 --repeats 3 --starts 5
 
 The ORT-format folder is written first by ``python -m export edge`` (into a temporary folder;
 ``--edge DIR`` reuses one). Four files: the bundle's ``vae_decoder.onnx`` and
@@ -21,6 +21,8 @@ The ORT-format folder is written first by ``python -m export edge`` (into a temp
 
 Ratios are against the Python fp32 ``.onnx`` row of the same table. The load average and the
 busiest other processes are printed with the tables: on a shared machine they say what else ran.
+Writes ``bench/results/edge.json`` (``--json``), with the edge folder's operator list and its
+ORT-against-ONNX check.
 """
 
 from __future__ import annotations
@@ -34,16 +36,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import DEFAULT_RUN, REPO, machine, table  # noqa: E402
-
-from export.bundle import Bundle  # noqa: E402
-from export.edge import build_edge  # noqa: E402
+from bench.common import (
+    DEFAULT_RUN,
+    REPO,
+    command_line,
+    load_report,
+    machine,
+    render_load,
+    result_path,
+    table,
+    write_result,
+)
+from export.bundle import Bundle
+from export.edge import build_edge
 
 CLIENT = REPO / "export" / "node" / "client.mjs"
 VARIANTS = (("onnx", "fp32"), ("onnx", "int8"), ("ort", "fp32"), ("ort", "int8"))
@@ -104,23 +113,108 @@ def wall(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def busiest_processes(n: int = 6) -> list[str]:
-    """The processes using the most CPU right now, other than this one and its children."""
-    out = subprocess.run(
-        ["ps", "-eo", "pid,ppid,ni,pcpu,etime,args", "--sort=-pcpu"],
-        capture_output=True, text=True, check=False,
-    ).stdout.splitlines()[1:]  # fmt: skip
-    me = os.getpid()
-    rows = []
-    for line in out:
-        pid, ppid, ni, pcpu, etime, args = line.split(None, 5)
-        if me in (int(pid), int(ppid)) or float(pcpu) < 5.0:
-            continue
-        rows.append(f"  nice {ni:>3}  {pcpu:>5}% cpu  up {etime:>11}  {args[:110]}")
-    return rows[:n]
+def render(report: dict[str, Any]) -> str:
+    """The run's three tables, from its result file."""
+    sizes = report["sizes"]
+    base = next(r["bytes"] for r in sizes if r["format"] == "onnx" and r["precision"] == "fp32")
+    lines = [
+        f"machine: {report['machine']}",
+        f"VAE decoder; {report['calls']} calls x {report['repeats']} repeats; "
+        f"{report['starts']} cold starts per row",
+        "",
+        table(
+            ["file", "precision", "bytes", "vs fp32 .onnx"],
+            [
+                [r["file"], r["precision"], f"{r['bytes']:,}", f"{r['bytes'] / base:.2f}x"]
+                for r in sizes
+            ],
+        ),  # fmt: skip
+        "",
+    ]
+    latency = sorted(report["latency"], key=lambda r: (r["client"] != "Python", r["format"],
+                                                        r["precision"]))  # fmt: skip
+    ref = next(r for r in latency if (r["client"], r["format"], r["precision"]) ==
+               ("Python", "onnx", "fp32"))  # fmt: skip
+    rows = [
+        [r["client"], f".{r['format']}", r["precision"], f"{r['p50_us']:,.0f}",
+         f"{r['p99_us']:,.0f}", f"{r['p50_us'] / ref['p50_us']:.2f}x",
+         f"{r['p99_us'] / ref['p99_us']:.2f}x"]
+        for r in latency
+    ]  # fmt: skip
+    lines += [
+        table(
+            [
+                "client",
+                "format",
+                "precision",
+                "p50 µs",
+                "p99 µs",
+                "p50 vs Python fp32 .onnx",
+                "p99 vs Python fp32 .onnx",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+    ]
+    starts = sorted(report["cold_start"], key=lambda r: (r["process"], r["format"],
+                                                          r["precision"]))  # fmt: skip
+    ref = statistics.median(next(r for r in starts if (r["process"], r["format"], r["precision"])
+                                 == ("Python Bundle", "onnx", "fp32"))["seconds"])  # fmt: skip
+    rows = [
+        [r["process"], f".{r['format']}", r["precision"], f"{statistics.median(r['seconds']):.3f}",
+         f"{min(r['seconds']):.3f}", f"{statistics.median(r['seconds']) / ref:.2f}x"]
+        for r in starts
+    ]  # fmt: skip
+    lines += [
+        table(
+            [
+                "process (cold start to first digit)",
+                "format",
+                "precision",
+                "median s",
+                "min s",
+                "vs Python Bundle fp32 .onnx",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+        render_load(report["load"]),
+    ]
+    return "\n".join(lines)
 
 
-def main() -> None:
+def render_operators(report: dict[str, Any]) -> str:
+    """The edge folder's ``required_operators.config`` lines and its conversion check."""
+    check = report["edge_check"]
+    worst = {
+        "fp32": max(v for k, v in check["max_abs_diff"].items() if "int8" not in k),
+        "int8": max((v for k, v in check["max_abs_diff"].items() if "int8" in k), default=None),
+    }
+    text = "```\n" + "\n".join(report["operators"]) + "\n```\n\n"
+    text += (
+        f"Every `.ort` against its `.onnx` on {check['inputs']} seeded inputs (tolerance "
+        f"{check['atol']:g}): largest difference {worst['fp32']:.2g} for the fp32 files"
+    )
+    if worst["int8"] is not None:
+        text += f", {worst['int8']:.2g} for the int8 ones"
+    return text + "."
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    size = {(x["format"], x["precision"]): x["bytes"] for x in r["sizes"]}
+    node = next(
+        x
+        for x in r["latency"]
+        if (x["client"], x["format"], x["precision"]) == ("Node", "ort", "fp32")
+    )
+    return (
+        f"int8 `.ort` {size['ort', 'int8'] / size['onnx', 'fp32']:.0%} of the fp32 `.onnx`; "
+        f"Node fp32 `.ort` p50 {node['p50_us']:,.0f} µs"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")
     parser.add_argument(
@@ -135,7 +229,9 @@ def main() -> None:
         default=REPO / ".venv-runtime" / "bin" / "python",
         help="interpreter of the runtime-only environment (default .venv-runtime's)",
     )
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=result_path("edge"), help="result file")
+    args = parser.parse_args(argv)
+    load_start = os.getloadavg()
     bundle_dir = (args.run / "export").resolve()
     runtime_python = str(args.runtime_python if args.runtime_python.exists() else sys.executable)
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
@@ -179,45 +275,42 @@ def main() -> None:
         for _ in range(args.starts):
             for key, command in cases.items():
                 starts[key].append(wall(command))
-        load = os.getloadavg()
-        others = busiest_processes()
-
-    print(f"machine: {machine()}")
-    print(f"bundle: {bundle_dir}; VAE decoder; {args.calls} calls x {args.repeats} repeats; "
-          f"{args.starts} cold starts per row")  # fmt: skip
-    print()
-    base = size("onnx", "fp32")
-    print(table(
-        ["file", "precision", "bytes", "vs fp32 .onnx"],
-        [[file_of(f, p), p, f"{size(f, p):,}", f"{size(f, p) / base:.2f}x"] for f, p in VARIANTS],
-    ))  # fmt: skip
-    print()
-    medians = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
-               for k, v in latency.items()}  # fmt: skip
-    base50, base99 = medians[("Python", "onnx", "fp32")]
-    rows = [
-        [language, f".{fmt}", precision, f"{p50:,.0f}", f"{p99:,.0f}", f"{p50 / base50:.2f}x",
-         f"{p99 / base99:.2f}x"]
-        for (language, fmt, precision), (p50, p99) in medians.items()
-    ]  # fmt: skip
-    rows.sort(key=lambda r: (r[0] != "Python", r[1], r[2]))
-    print(table(["client", "format", "precision", "p50 µs", "p99 µs", "p50 vs Python fp32 .onnx",
-                 "p99 vs Python fp32 .onnx"], rows))  # fmt: skip
-    print()
-    base = statistics.median(starts[("Python Bundle", "onnx", "fp32")])
-    rows = [
-        [name, f".{fmt}", precision, f"{statistics.median(t):.3f}", f"{min(t):.3f}",
-         f"{statistics.median(t) / base:.2f}x"]
-        for (name, fmt, precision), t in starts.items()
-    ]  # fmt: skip
-    rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    print(table(["process (cold start to first digit)", "format", "precision", "median s",
-                 "min s", "vs Python Bundle fp32 .onnx"], rows))  # fmt: skip
-    print()
-    print("load average (1, 5, 15 min) at the end: {:.2f} {:.2f} {:.2f}".format(*load))
-    print("busiest other processes at the end:" if others else "no other process above 5% cpu")
-    for line in others:
-        print(line)
+        edge_manifest = manifests["ort"]
+        sizes = [
+            {"file": file_of(f, p), "format": f, "precision": p, "bytes": size(f, p)}
+            for f, p in VARIANTS
+        ]
+    report = {
+        "machine": machine(),
+        "command": command_line(),
+        "run": str(args.run),
+        "calls": args.calls,
+        "repeats": args.repeats,
+        "warmup": WARMUP,
+        "starts": args.starts,
+        "sizes": sizes,
+        "latency": [
+            {
+                "client": c,
+                "format": f,
+                "precision": p,
+                "p50_us": statistics.median(r[0] for r in v),
+                "p99_us": statistics.median(r[1] for r in v),
+                "repeats_us": v,
+            }
+            for (c, f, p), v in latency.items()
+        ],  # fmt: skip
+        "cold_start": [
+            {"process": n, "format": f, "precision": p, "seconds": t}
+            for (n, f, p), t in starts.items()
+        ],
+        "operators": edge_manifest["edge"]["operators"],
+        "edge_check": edge_manifest["edge"]["check"],
+        "onnxruntime": edge_manifest["edge"]["onnxruntime"],
+        "load": load_report(load_start),
+    }
+    write_result(args.json, report)
+    print(render(report))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """One-class novelty benchmark on MNIST, protocol of Ruff et al. 2018 ("Deep One-Class
 Classification"), with the published Deep SVDD and OCGAN rows beside ours.
 
-    python bench/one_class.py --data /tmp/exp/data/mnist.npz --quiet   # 3 seeds, latent 8/16/32
-    python bench/one_class.py --render bench/one_class.json --plot bench/one_class.png
+    python -m bench.one_class --data /tmp/exp/data/mnist.npz --quiet   # 3 seeds, latent 8/16/32
+    python -m bench.one_class --render bench/results/one_class.json \
+        --plot docs/benchmarks/one_class.png
 
 For each digit d: train the pipeline's AE and VAE (``pipeline.fitting.fit_model``) on the class-d
 images of the train split only, early-stopping on the class-d images of the validation split;
@@ -24,7 +25,7 @@ Nothing is chosen on test data or on anomalies:
 
 The training settings that define the numbers are pinned here (``PINNED``) over the config file,
 so a change of the pipeline's defaults does not silently change this benchmark; the resolved
-config is stored in the JSON. Writes ``bench/one_class.json`` (``--json``) and prints a markdown
+config is stored in the JSON. Writes ``bench/results/one_class.json`` (``--json``) and prints a markdown
 table (``--markdown`` also writes it to a file, ``--plot`` draws it); ``--render`` redraws a
 stored result without training.
 """
@@ -45,24 +46,21 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: python bench/one_class.py
-    sys.path.insert(0, str(REPO))
-
-from export.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from export.metrics import roc_auc  # noqa: E402
-from export.scoring import (  # noqa: E402
+from bench.common import REPO, result_path
+from export.files import atomic_path, write_json_atomic, write_text_atomic
+from export.metrics import roc_auc
+from export.scoring import (
     bernoulli_nll,
     gaussian_kl,
     negative_elbo,
     reconstruction_mse,
 )
-from pipeline.config import Config, load_config, validate  # noqa: E402
-from pipeline.data import load_split  # noqa: E402
-from pipeline.likelihood import vae_likelihood  # noqa: E402
+from pipeline.config import Config, load_config, validate
+from pipeline.data import load_split
+from pipeline.likelihood import vae_likelihood
 
 DIGITS = tuple(range(10))
-DEFAULT_JSON = REPO / "bench" / "one_class.json"
+DEFAULT_JSON = result_path("one_class")
 PREDICT_BATCH = 2048
 
 # AUROC in percent, digits 0..9, as published.
@@ -694,6 +692,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.latent_dims or min(args.latent_dims) < 1:
         parser.error(f"--latent-dims {args.latent_dims}: expected positive ints")
     return args
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    h = r["headline"]
+    return f"`{h['score']}` mean AUROC {100 * h['mean']:.2f} ± {100 * h['std']:.2f} %"
 
 
 def main(argv: list[str] | None = None) -> int:

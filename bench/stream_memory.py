@@ -2,19 +2,19 @@
 file, and on 10,000,000 (the same memory-mapped file given ten times): memory must stay flat,
 and the stream must keep up with ``Bundle.score`` on in-memory batches (measured in the run).
 
-    .venv/bin/python bench/stream_memory.py --run artifacts            # ~0.8 GB of scratch disk
-    .venv/bin/python bench/stream_memory.py --run /tmp/full --repeats 1 --model ae
+    python -m bench.stream_memory --run artifacts            # ~0.8 GB of scratch disk
+    python -m bench.stream_memory --run /tmp/full --repeats 1 --model ae
 
 Builds the .npy (uint8, the 10,000 test digits tiled) in a temporary folder (``--dir``),
 scores it (once per ``--repeats`` count) in a child process with the default batch size, reads
 the child's peak RSS from the kernel (through GNU ``/usr/bin/time``, else ``getrusage(RUSAGE_CHILDREN)``), checks the row count of the output, and
-deletes everything it wrote.
+deletes everything it wrote. Writes ``bench/results/stream_memory.json`` (``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import resource
 import shutil
 import subprocess
@@ -26,9 +26,18 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import DEFAULT_RUN, REPO, machine, table  # noqa: E402
+from bench.common import (
+    DEFAULT_RUN,
+    REPO,
+    command_line,
+    load_report,
+    load_uint8,
+    machine,
+    render_load,
+    result_path,
+    table,
+    write_result,
+)
 
 
 def score_once(
@@ -93,8 +102,7 @@ def in_memory_rate(
 
 
 def render(report: dict[str, Any]) -> str:
-    """The run's description and table, as printed (and as ``bench/docs.py`` writes it into
-    BENCHMARKS.md from the JSON)."""
+    """The run's description and table, from its result file."""
     results, baseline = report["results"], report["in_memory_images_per_s"]
     base = results[0]["peak_rss_kib"]
     lines = [
@@ -121,10 +129,22 @@ def render(report: dict[str, Any]) -> str:
         for r in results
     ]
     header = ["images", "file given", "wall s", "scoring images/s", "peak RSS", "vs in-memory"]
-    return "\n".join(lines) + "\n" + table([*header, "RSS ratio"], rows)
+    text = "\n".join(lines) + "\n" + table([*header, "RSS ratio"], rows)
+    if "load" in report:  # runs before the load was recorded have none
+        text += "\n\n" + render_load(report["load"])
+    return text
 
 
-def main() -> None:
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    last = r["results"][-1]
+    return (
+        f"{last['images']:,} images at {last['scoring_images_per_s']:,.0f} images/s, peak RSS "
+        f"{last['peak_rss_kib'] / 1024:,.0f} MiB"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with export/")
     parser.add_argument("--images", type=int, default=1_000_000, help="images in the .npy")
@@ -137,12 +157,12 @@ def main() -> None:
     parser.add_argument("--model", choices=("ae", "vae"), default="vae")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: /tmp)")
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "stream_memory.json")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=result_path("stream_memory"))
+    args = parser.parse_args(argv)
+    load_start = os.getloadavg()
     repeats = [int(r) for r in args.repeats.split(",")]
     run = args.run.resolve()
-    with np.load(run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        digits = npz["test_images"]
+    digits = load_uint8(run, "test")
     scratch = Path(tempfile.mkdtemp(prefix="stream-memory-", dir=args.dir))
     results = []
     try:
@@ -167,6 +187,7 @@ def main() -> None:
     base = results[0]["peak_rss_kib"]
     report = {
         "machine": machine(),
+        "command": command_line(),
         "model": args.model,
         "batch_size": args.batch_size,
         "npy_images": args.images,
@@ -175,10 +196,10 @@ def main() -> None:
         "in_memory_images": baseline_images,
         "results": results,
         "rss_ratio_vs_first": [r["peak_rss_kib"] / base for r in results],
+        "load": load_report(load_start),
     }
+    write_result(args.json, report)
     print(render(report))
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

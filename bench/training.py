@@ -3,7 +3,7 @@ numpy's float32 matmul rate sampled in the same run, XLA on and off, and what th
 checkpoint costs (the same fit with and without one after every epoch, same run, and what that
 makes at the default ``train.checkpoint_seconds``).
 
-    .venv/bin/python bench/training.py --run artifacts --epochs 5
+    python -m bench.training --run artifacts --epochs 4
 
 A few epochs of each (not the full training): the default config with ``train.epochs`` set to
 ``--epochs`` on the ingest stage's ``data/mnist.npz`` (55,000 train / 5,000 validation
@@ -17,7 +17,7 @@ first, the gradient with respect to the layer's input; a validation image costs 
 pass. The matmul rate is the best of ~1 s of 1024^3 float32 products, sampled between the fits
 (the median of the samples is the reference). The checkpoint's cost is measured twice: the
 median epoch with and without it (two fits of each, alternating), and the time the training
-thread spends inside ``CheckpointStore.save``.
+thread spends inside ``CheckpointStore.save``. Writes ``bench/results/training.json``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import DEFAULT_RUN, REPO, machine, matmul_flops, table  # noqa: E402
+from bench.common import (
+    DEFAULT_RUN,
+    REPO,
+    command_line,
+    load_report,
+    machine,
+    matmul_flops,
+    render_load,
+    result_path,
+    table,
+    write_result,
+)
 
 
 def layer_macs(model: Any) -> list[int]:
@@ -67,12 +75,86 @@ def epoch_flops(model: Any, n_train: int, n_val: int) -> float:
     return 2.0 * (train * n_train + sum(macs) * n_val)
 
 
-def main() -> None:
+def render(report: dict[str, Any]) -> str:
+    """The run's table and the lines under it, from its result file."""
+    peak = statistics.median(report["matmul_gflops"])
+    rows = [
+        [r["model"], r["batch"], "on" if r["xla"] else "off", "yes" if r["checkpoint"] else "no",
+         f"{r['seconds_per_epoch']:.2f}", f"{r['gflops']:.0f}", f"{r['gflops'] / peak:.0%}",
+         f"{r['gflop_per_epoch']:.0f}", " ".join(f"{s:.2f}" for s in r["epoch_seconds"])]
+        for r in report["rows"]
+    ]  # fmt: skip
+    per_epoch = {
+        (e["model"], e["xla"], e["checkpoint"], e["batch"]): e["seconds"]
+        for e in report["per_setting"]
+    }
+    batch, half, interval = report["batch_size"], report["half_batch"], report["checkpoint_seconds"]
+    lines = [
+        f"machine: {report['machine']}",
+        f"default config ({report['train_images']:,} train / {report['val_images']:,} validation "
+        f"images, {report['architecture']} {report['hidden_units']}), {report['epochs']} epochs "
+        f"per row; numpy float32 matmul {peak:.0f} GFLOP/s (median of "
+        f"{len(report['matmul_gflops'])} samples, {min(report['matmul_gflops']):.0f}-"
+        f"{max(report['matmul_gflops']):.0f})",
+        "",
+        table(
+            [
+                "model",
+                "batch",
+                "XLA",
+                "checkpoint",
+                "s/epoch (median)",
+                "GFLOP/s",
+                "of matmul",
+                "GFLOP/epoch",
+                "every epoch s",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+    ]
+    for kind in ("ae", "vae"):
+        with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
+        lines.append(
+            f"{kind}: checkpoint overhead {(with_ck - without) / without:+.1%} of an epoch "
+            f"(median epoch {with_ck:.2f} vs {without:.2f} s over both rows of each); XLA "
+            f"speed-up {per_epoch[kind, False, False, batch] / without:.2f}x"
+        )
+    for kind in ("ae", "vae"):
+        with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
+        every = max(1, math.ceil(interval / without))  # epochs between checkpoints
+        lines.append(
+            f"{kind}: at the default train.checkpoint_seconds={interval:g}, a checkpoint every "
+            f"{every} epochs: {(with_ck - without) / without / every:+.1%} of an epoch"
+        )
+    lines.append(
+        f"the training thread spent {report['checkpoint_save_ms']:.0f} ms per checkpoint inside "
+        f"CheckpointStore.save (median epoch with a checkpoint: "
+        f"{per_epoch['vae', True, True, batch]:.2f} s)"
+    )
+    ratio = per_epoch["vae", True, False, half] / per_epoch["vae", True, False, batch]
+    lines.append(f"vae: batch {half} takes {ratio:.2f}x the seconds per epoch of batch {batch}")
+    lines.append(render_load(report["load"]))
+    return "\n".join(lines)
+
+
+def index_line(r: dict[str, Any]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    rows = [x for x in r["per_setting"] if x["model"] == "vae" and x["xla"]]
+    batch = r["batch_size"]
+    on = next(x["seconds"] for x in rows if x["checkpoint"] and x["batch"] == batch)
+    off = next(x["seconds"] for x in rows if not x["checkpoint"] and x["batch"] == batch)
+    return f"VAE {off:.2f} s/epoch; a checkpoint after every epoch {(on - off) / off:+.1%}"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with data/")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.toml")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=result_path("training"), help="result file")
+    args = parser.parse_args(argv)
+    load_start = os.getloadavg()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     import keras
@@ -147,50 +229,34 @@ def main() -> None:
         per_epoch[key] = statistics.median(epochs[key])  # over every row of this setting
         flops = epoch_flops(model, len(train), len(val))
         rows.append(
-            [kind, batch, "on" if jit else "off", "yes" if checkpointed else "no",
-             f"{seconds:.2f}", f"{flops / seconds / 1e9:.0f}", f"{flops / 1e9:.0f}",
-             " ".join(f"{s:.2f}" for s in timer.seconds)]
+            {"model": kind, "batch": batch, "xla": jit, "checkpoint": checkpointed,
+             "seconds_per_epoch": seconds, "gflops": flops / seconds / 1e9,
+             "gflop_per_epoch": flops / 1e9, "epoch_seconds": timer.seconds}
         )  # fmt: skip
         print(f"  {rows[-1]}", file=sys.stderr)
-    peak = statistics.median(peaks)
-    for row in rows:
-        row.insert(6, f"{float(row[5]) * 1e9 / peak:.0%}")
-    print(f"machine: {machine()}")
-    print(
-        f"default config ({len(train):,} train / {len(val):,} validation images, "
-        f"{base.model.architecture} {list(base.model.hidden_units)}), "
-        f"{args.epochs} epochs per row; numpy float32 matmul {peak / 1e9:.0f} GFLOP/s "
-        f"(median of {len(peaks)} samples, {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f})"
-    )
-    print()
-    print(table(["model", "batch", "XLA", "checkpoint", "s/epoch (median)", "GFLOP/s",
-                 "of matmul", "GFLOP/epoch", "every epoch s"], rows))  # fmt: skip
-    print()
-    batch = base.train.batch_size
-    for kind in ("ae", "vae"):
-        with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
-        print(
-            f"{kind}: checkpoint overhead {(with_ck - without) / without:+.1%} of an epoch "
-            f"(median epoch {with_ck:.2f} vs {without:.2f} s over both rows of each); XLA "
-            f"speed-up {per_epoch[kind, False, False, batch] / without:.2f}x"
-        )
-    interval = load_config(args.config).train.checkpoint_seconds  # the stages' setting
-    for kind in ("ae", "vae"):
-        with_ck, without = per_epoch[kind, True, True, batch], per_epoch[kind, True, False, batch]
-        every = max(1, math.ceil(interval / without))  # epochs between checkpoints
-        print(
-            f"{kind}: at the default train.checkpoint_seconds={interval:g}, a checkpoint every "
-            f"{every} epochs: {(with_ck - without) / without / every:+.1%} of an epoch"
-        )
-    print(
-        f"the training thread spent {blocked['seconds'] / blocked['calls'] * 1e3:.0f} ms per "
-        f"checkpoint inside CheckpointStore.save (median epoch with a checkpoint: "
-        f"{per_epoch['vae', True, True, batch]:.2f} s)"
-    )
-    print(
-        f"vae: batch {half} takes {per_epoch['vae', True, False, half] / per_epoch['vae', True, False, batch]:.2f}x "
-        f"the seconds per epoch of batch {batch}"
-    )
+    report = {
+        "machine": machine(),
+        "command": command_line(),
+        "run": str(args.run),
+        "epochs": args.epochs,
+        "train_images": len(train),
+        "val_images": len(val),
+        "architecture": base.model.architecture,
+        "hidden_units": list(base.model.hidden_units),
+        "batch_size": base.train.batch_size,
+        "half_batch": half,
+        "checkpoint_seconds": load_config(args.config).train.checkpoint_seconds,  # the stages'
+        "matmul_gflops": [p / 1e9 for p in peaks],
+        "rows": rows,
+        "per_setting": [
+            {"model": m, "xla": x, "checkpoint": c, "batch": b, "seconds": s}
+            for (m, x, c, b), s in per_epoch.items()
+        ],
+        "checkpoint_save_ms": blocked["seconds"] / blocked["calls"] * 1e3,
+        "load": load_report(load_start),
+    }
+    write_result(args.json, report)
+    print(render(report))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """Which training setup buys the best VAE per second: candidates trained on the real data, chosen
 on the validation split, with the test split measured beside it (never used to choose).
 
-    .venv/bin/python bench/vae_choices.py --run artifacts --jsonl bench/vae_choices.jsonl \
+    python -m bench.vae_choices --run artifacts \
         --candidate "base=train.batch_size=128 train.lr_schedule=constant" \
         --candidate "wide=model.hidden_units=[1024,512]"
-    .venv/bin/python bench/vae_choices.py --jsonl bench/vae_choices.jsonl --render
-    .venv/bin/python bench/vae_choices.py ... --candidate "default@1235=train.seed=1235"
+    python -m bench.vae_choices --render
+    python -m bench.vae_choices ... --candidate "default@1235=train.seed=1235"
 
 Each candidate is a name and ``section.key=value`` overrides of ``configs/default.toml``; it is
 trained by ``pipeline.fitting.fit_model`` (as the train_vae stage does, without the checkpoint)
 on the run's ``data/mnist.npz``. After training, the negative ELBO (K importance samples of
 q(z|x), ``pipeline.likelihood``) is measured on the 5,000 validation and the 10,000 test digits
-with the best-validation weights. One JSON line per candidate is appended to ``--jsonl`` as soon
-as it finishes, so a long list survives an interruption; ``--render`` prints the table of every
+with the best-validation weights. One JSON line per candidate is appended to ``--jsonl``
+(default ``bench/results/vae_choices.jsonl``) as soon as it finishes, so a long list survives an interruption; ``--render`` prints the table of every
 line, ordered by validation -ELBO, with the load average each ran under. Candidates named
 ``NAME@SEED`` are also summarised as a group: mean and standard deviation over the seeds.
 """
@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import DEFAULT_RUN, REPO, table  # noqa: E402
+from bench.common import DEFAULT_RUN, REPO, RESULTS, table
+from export.files import atomic_path
 
 ELBO_SAMPLES = 16  # K per digit: the ELBO estimate's spread over 5,000 digits is ~0.01 nats
 
@@ -112,23 +109,38 @@ def render(lines: list[dict[str, Any]]) -> str:
     return table(header, rows)
 
 
-def main() -> None:
+def append_line(path: Path, line: dict[str, Any]) -> None:
+    """Add one result line: the file is rewritten whole under a temporary name and renamed, so
+    a kill leaves the lines written so far intact."""
+    old = path.read_text() if path.is_file() else ""
+    with atomic_path(path) as tmp:
+        tmp.write_text(old + json.dumps(line) + "\n")
+
+
+def index_line(lines: list[dict[str, Any]]) -> str:
+    """The line of the benchmarks' index: this result's headline figure."""
+    best = min(lines, key=lambda x: x["val_neg_elbo"])
+    return f"{len(lines)} setups; best val -ELBO {best['val_neg_elbo']:.2f} (`{best['name']}`)"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder with data/")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.toml")
-    parser.add_argument("--jsonl", type=Path, required=True, help="results, one line each")
+    parser.add_argument(
+        "--jsonl", type=Path, default=RESULTS / "vae_choices.jsonl", help="results, one line each"
+    )
     parser.add_argument(
         "--candidate", action="append", default=[], metavar="NAME=OVERRIDE OVERRIDE ..."
     )
     parser.add_argument("--render", action="store_true", help="print the table and exit")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for spec in [] if args.render else args.candidate:
         name, _, overrides = spec.partition("=")
         result = run_candidate(name, overrides.split(), args.run, args.config)
         print(json.dumps(result), flush=True)
-        with args.jsonl.open("a") as fh:
-            fh.write(json.dumps(result) + "\n")
+        append_line(args.jsonl, result)
     lines = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     print(render(lines))
     summary = seed_groups(lines)

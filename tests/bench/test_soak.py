@@ -1,5 +1,6 @@
-"""bench/soak.py's comparison of two run folders, on a small hand-made one: what may differ
-(timestamps, wall times, generated names) does not count, and any other change is found."""
+"""The soak's comparison of two run folders (bench/soak/compare.py), on a small hand-made one:
+what may differ (timestamps, wall times, generated names) does not count, and any other change
+is found; and its kill plan (bench/soak/plan.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ h5py = pytest.importorskip("h5py")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from bench import soak  # noqa: E402
+from bench.soak import compare, plan, runner  # noqa: E402
 
 WEIGHTS = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
 
@@ -75,7 +76,11 @@ def _make_run(
     _write_keras(out / "ae" / "model.keras", kernel, stamp, shared_id, opt)
     rng = np.random.default_rng(0)
     (out / "data").mkdir(parents=True)
-    np.savez(out / "data" / "mnist.npz", test_images=rng.integers(0, 256, (4, 28, 28), np.uint8))
+    np.savez(
+        out / "data" / "mnist.npz",
+        test_images=rng.integers(0, 256, (4, 28, 28), np.uint8),
+        test_labels=np.arange(4, dtype=np.int64),
+    )
     (out / "eval").mkdir()
     (out / "eval" / "metrics.json").write_text(json.dumps({"ae.recon_mse": 0.25, "n": 8.0}))
     (out / "eval" / "report.html").write_text(f"<p>Created {stamp}.</p><li>({provenance})</li>")
@@ -114,7 +119,7 @@ def _make_run(
     return out
 
 
-def _failing(checks: list[soak.Check]) -> dict[str, soak.Check]:
+def _failing(checks: list[compare.Check]) -> dict[str, compare.Check]:
     return {f"{c.category}:{c.what}": c for c in checks if not c.equal}
 
 
@@ -128,9 +133,9 @@ def test_allowed_differences_compare_equal(tmp_path: Path):
         init_name="W__121",
         provenance="reused from an earlier run, 2.5 s",
     )
-    checks = soak.compare_runs(ref, other)
+    checks = compare.compare_runs(ref, other)
     assert _failing(checks) == {}
-    categories = {row["category"] for row in soak.summarize(checks)}
+    categories = {row["category"] for row in compare.summarize(checks)}
     assert {"keras weights", "keras config", "onnx outputs", "onnx graph", "metrics"} <= categories
     assert {"manifest", "arrays", "summaries", "report", "bookkeeping", "bytes"} <= categories
 
@@ -181,7 +186,7 @@ def test_any_other_difference_is_found(tmp_path: Path, alteration: str):
     shutil.copytree(ref, other)
     alter, expected = ALTERATIONS[alteration]
     alter(other)
-    failing = _failing(soak.compare_runs(ref, other))
+    failing = _failing(compare.compare_runs(ref, other))
     assert any(key.startswith(expected) for key in failing), failing
     if alteration == "a weight one ulp off":
         assert list(failing) == [expected]  # the config, the ONNX file and the rest are equal
@@ -194,21 +199,21 @@ def test_any_other_difference_is_found(tmp_path: Path, alteration: str):
 def test_kills_are_shared_over_the_stages_and_charged_where_they_land():
     stages = ["ingest", "train_ae", "train_vae", "train_denoiser", "evaluate", "export"]
     rng = random.Random(0)
-    assert soak.allocate(6, stages, rng) == dict.fromkeys(stages, 1)
-    owed = soak.allocate(20, stages, rng)
+    assert plan.allocate(6, stages, rng) == dict.fromkeys(stages, 1)
+    owed = plan.allocate(20, stages, rng)
     assert list(owed) == stages and sorted(owed.values()) == [3, 3, 3, 3, 4, 4]
     owed = {"ingest": 1, "train_ae": 2, "export": 0}
     budget = {"ingest": 1, "train_ae": 1, "export": 1}
-    assert soak.targets_of(owed, budget) == ["ingest", "train_ae"]
-    assert soak.settle(owed, budget, "ingest", "train_ae") == "train_ae"  # landed later
-    assert soak.targets_of(owed, budget) == ["ingest"]  # train_ae's share of this pass is used
-    assert soak.settle(owed, budget, "ingest", "export") == "ingest"  # export is owed nothing
+    assert plan.targets_of(owed, budget) == ["ingest", "train_ae"]
+    assert plan.settle(owed, budget, "ingest", "train_ae") == "train_ae"  # landed later
+    assert plan.targets_of(owed, budget) == ["ingest"]  # train_ae's share of this pass is used
+    assert plan.settle(owed, budget, "ingest", "export") == "ingest"  # export is owed nothing
     assert owed == {"ingest": 0, "train_ae": 1, "export": 0}
-    assert soak.targets_of(owed, budget) == []
+    assert plan.targets_of(owed, budget) == []
 
 
 def test_the_stage_running_at_a_kill_is_the_last_running_line():
     log = "[ingest] up to date (fingerprint ab), skipped\n[train_ae] running\nEpoch 1/2\n"
-    assert soak._last_stage(log) == ("train_ae", False)
-    assert soak._last_stage(log + "[train_ae] done in 2.9 s\n") == ("train_ae", True)
-    assert soak._last_stage("removed 1 temporary file(s)\n") == (None, False)
+    assert runner.last_stage(log) == ("train_ae", False)
+    assert runner.last_stage(log + "[train_ae] done in 2.9 s\n") == ("train_ae", True)
+    assert runner.last_stage("removed 1 temporary file(s)\n") == (None, False)
