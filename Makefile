@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make run    set up .venv (if needed) and run the whole pipeline with configs/default.toml
-#   make test   set up .venv (if needed), lint, and run the whole test suite
+#   make test   set up .venv (if needed), lint, check the generated docs (bench/docs.py --check
+#               on the committed results), and run the whole test suite
 # Offline: export MNIST_MIRROR=/path/to/mnist (the four IDX .gz files) first.
 #
 # make test runs tests/pipeline, tests/models and tests/bench in .venv (they write the smoke run

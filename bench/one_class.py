@@ -52,7 +52,7 @@ from export.metrics import roc_auc
 from export.scoring import (
     bernoulli_nll,
     gaussian_kl,
-    negative_elbo,
+    reconstruct_and_score,
     reconstruction_mse,
 )
 from pipeline.config import Config, load_config, validate
@@ -151,21 +151,25 @@ def score_images(
     """Every score in ``SCORES`` for ``images`` (n, 28, 28): {name: (n,)}; the VAE decodes z_mean."""
     from models import submodel
 
-    ae_pixels = ae.predict(images, batch_size=PREDICT_BATCH, verbose=0)
+    def run(model: Any) -> Any:
+        return lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+
+    ae_out = reconstruct_and_score(
+        "ae", images, run(submodel(ae, "ae_encoder")), run(submodel(ae, "ae_decoder"))
+    )
     encoder, decoder = submodel(vae, "vae_encoder"), submodel(vae, "vae_decoder")
-    z_mean, z_log_var = encoder.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-    vae_pixels = decoder.predict(z_mean, batch_size=PREDICT_BATCH, verbose=0)
-    ae_mse, vae_mse = reconstruction_mse(images, ae_pixels), reconstruction_mse(images, vae_pixels)
+    vae_out = reconstruct_and_score("vae", images, run(encoder), run(decoder))
+    ae_mse, vae_mse = ae_out.scores, reconstruction_mse(images, vae_out.pixels)
     return {
         "ae_mse": ae_mse,
-        "ae_bce": bernoulli_nll(images, ae_pixels),
-        "vae_neg_elbo": negative_elbo(images, vae_pixels, z_mean, z_log_var),
+        "ae_bce": bernoulli_nll(images, ae_out.pixels),
+        "vae_neg_elbo": vae_out.scores,
         "vae_is_nll": vae_likelihood(
-            decoder, images, z_mean, z_log_var, k=nll_samples, seed=seed, progress=False
+            decoder, images, vae_out.z, vae_out.z_log_var, k=nll_samples, seed=seed, progress=False
         )["nll_is"],
-        "vae_recon": bernoulli_nll(images, vae_pixels),
+        "vae_recon": bernoulli_nll(images, vae_out.pixels),
         "vae_mse": vae_mse,
-        "vae_kl": gaussian_kl(z_mean, z_log_var),
+        "vae_kl": gaussian_kl(vae_out.z, vae_out.z_log_var),
         "ae_vae_mse": ae_mse + vae_mse,
     }
 

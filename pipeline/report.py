@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.latents import GAP_PERCENTILE, VAE_GRID_QUANTILES
 
-# One line per metric: what it measures. The report and the README list these.
+# One line per metric: what it measures. The report and docs/evaluation.md list these.
 METRIC_DOCS: dict[str, str] = {
     "ae.recon_mse": "AE: mean per-pixel squared error of the reconstructed test digits.",
     "vae.recon_mse": "VAE: mean per-pixel squared error of test digits decoded from z_mean.",

@@ -124,10 +124,10 @@ def test_bad_input_and_tampered_bundle_exit_2(bundle_dir: Path, tmp_path: Path):
     assert proc.returncode == 2 and "expected a .png or .npy" in proc.stderr
 
 
-def test_readme_example_runs_as_written(export_run: Path, mirror: Path, tmp_path: Path):
-    """The Python example of "Deploying the decoder", at most 10 lines, on the smoke bundle."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Deploying the decoder", 1)[1]
+def test_docs_python_example_runs_as_written(export_run: Path, mirror: Path, tmp_path: Path):
+    """The Python example of docs/runtime-and-cli.md, at most 10 lines, on the smoke bundle."""
+    page = (REPO / "docs" / "runtime-and-cli.md").read_text()
+    section = page.split("## From Python", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(code.strip().splitlines()) <= 10
     assert '"artifacts/export"' in code and '"t10k-images-idx3-ubyte.gz"' in code

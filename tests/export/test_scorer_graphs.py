@@ -161,22 +161,23 @@ def test_info_lists_the_scorers(bundle: Bundle, tmp_path: Path):
         assert "images('batch', 28, 28) -> score('batch',), anomaly('batch',)" in line
 
 
-def test_readme_scorer_example_runs_as_written(export_run: Path, tmp_path: Path):
-    """The Python example of "Anomaly scores in one ONNX graph", on the smoke bundle."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Anomaly scores in one ONNX graph", 1)[1]
+def test_docs_scorer_example_runs_as_written(
+    export_run: Path, test_digits: np.ndarray, tmp_path: Path
+):
+    """The Python example of "Anomaly scores in one ONNX graph" (docs/bundle-and-export.md),
+    on the smoke bundle."""
+    page = (REPO / "docs" / "bundle-and-export.md").read_text()
+    section = page.split("## Anomaly scores in one ONNX graph", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "import export" not in code and "from export" not in code  # onnxruntime alone
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "artifacts" / "export").symlink_to(export_run / "export")
-    with np.load(export_run / "data" / "mnist.npz", allow_pickle=False) as npz:
-        digits = npz["test_images"]
-    np.save(tmp_path / "digits.npy", digits)
+    np.save(tmp_path / "digits.npy", test_digits)
     (tmp_path / "example.py").write_text(code)
     proc = subprocess.run(
         [sys.executable, "-P", "example.py"], cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    flagged = float(np.mean(Bundle.load(export_run / "export").is_anomaly(digits, "vae")))
+    flagged = float(np.mean(Bundle.load(export_run / "export").is_anomaly(test_digits, "vae")))
     assert proc.stdout.startswith("negative_elbo: ")
     assert proc.stdout.rstrip().endswith(f": {flagged:.2%} flagged")

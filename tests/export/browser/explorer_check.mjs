@@ -1,5 +1,5 @@
 // Drive the latent explorer in headless Chromium (Debian's, via playwright-core; no browser
-// download) and report what the page decoded, as JSON, for tests/test_explorer.py.
+// download) and report what the page decoded, as JSON, for tests/export/test_explorer.py.
 //
 //   node tests/export/browser/explorer_check.mjs URL OUT_DIR [CHROMIUM]
 //
