@@ -23,6 +23,7 @@ NAMES = {
     "ae_decoder": (["z"], ["pixels"]),
     "vae_encoder": (["images"], ["z_mean", "z_log_var"]),
     "vae_decoder": (["z"], ["pixels"]),
+    "compact_decoder": (["z"], ["pixels"]),
     "denoiser": (["images"], ["pixels"]),
 }
 SCORERS = {f"{kind}_scorer": (["images"], ["score", "anomaly"]) for kind in ("ae", "vae")}

@@ -106,8 +106,15 @@ def test_a_wrong_type_names_the_key(case):
 SIZE_KEYS = [
     (s, k)
     for s, k in KEYS
-    if SCHEMA[s][k] is int and k not in ("seed", "patience", "opset", "warmup_epochs")
-] + [("model", "hidden_units"), ("model", "conv_filters"), ("denoiser", "hidden_units")]
+    if SCHEMA[s][k] is int
+    and k not in ("seed", "patience", "opset", "warmup_epochs")
+    and (s, k) not in (("compact", "rank"), ("compact", "prior_draws"))  # 0 means none
+] + [
+    ("model", "hidden_units"),
+    ("model", "conv_filters"),
+    ("denoiser", "hidden_units"),
+    ("compact", "hidden_units"),
+]
 
 
 @FUZZ
