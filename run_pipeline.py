@@ -1,5 +1,5 @@
-"""Run the mnist-vae pipeline: ingest, train_ae, train_vae, train_compact, train_denoiser, evaluate,
-export.
+"""Run the mnist-vae pipeline: ingest, train_ae, train_vae, train_compact, train_denoiser,
+train_detector, evaluate, export.
 
 python run_pipeline.py --mirror ../shared/data/mnist
 python run_pipeline.py --config configs/smoke.toml --out /tmp/smoke --stages ingest,train_ae

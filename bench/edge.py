@@ -1,28 +1,32 @@
-"""The edge kit measured: size, cold start and one-digit latency of the VAE decoder in fp32 and
-int8, as ONNX and as ORT format, from Python and from Node.js, in one run.
+"""The edge kit measured: size, one-digit latency and memory of every decoder (the VAE's, the
+AE's, the compact one) in fp32 and int8, as ONNX and as ORT format, from Python and Node.js,
+and the cold start of the VAE decoder, in one run.
 
     python -m bench.edge --run artifacts --calls 2000 --repeats 3 --starts 5
 
 The ORT-format folder is written first by ``python -m export edge`` (into a temporary folder;
-``--edge DIR`` reuses one). Four files: the bundle's ``vae_decoder.onnx`` and
-``vae_decoder.int8.onnx``, and their ``.ort`` conversions.
+``--edge DIR`` reuses one).
 
 - latency: one latent (batch 1) per call, one ONNX Runtime intra-op thread. Python:
-  ``Bundle.generate`` (input checks included, as ``bench/latency.py``); Node:
-  ``export/node/client.mjs bench`` (``session.run``, which onnxruntime-node runs off the main
-  thread and returns as a promise). ``--calls`` calls after 100 warm-up calls, ``--repeats``
-  times; medians of the per-repeat p50 and p99.
-- cold start: wall time of a fresh process until its first digit is decoded and it exits.
-  Python ``Bundle``: ``Bundle.load(DIR, precision).generate`` (every sha256 checked, every
-  session of the bundle opened). Python decoder only and Node: the manifest read, the decoder
-  file's sha256 checked, one session opened, one latent decoded (Node: ``client.mjs decode``).
-  Python runs in the runtime-only environment (``.venv-runtime``, or ``--runtime-python``).
-  ``--starts`` fresh processes per row, interleaved, after one untimed start of each.
+  ``Bundle.generate`` (its input checks included); Node: ``export/node/client.mjs bench``
+  (``session.run``, which onnxruntime-node runs off the main thread and returns as a promise).
+  ``--calls`` calls after 100 warm-up calls, ``--repeats`` times, every file in turn within a
+  repeat; medians of the per-repeat p50 and p99.
+- memory: the resident set (VmRSS) of a fresh process that has read the manifest, opened one
+  session on the decoder file (one thread) and decoded one latent, Python (the runtime-only
+  environment) and Node; ``--starts`` processes per file, medians. ONNX Runtime reports no
+  allocator statistics of its own through either API, so the process's RSS is the measure; the
+  RSS of the same process before the session opens is recorded beside it.
+- cold start (the VAE decoder): wall time of a fresh process until its first digit is decoded
+  and it exits. Python ``Bundle``: ``Bundle.load(DIR, precision).generate`` (every sha256
+  checked, every session of the bundle opened). Python decoder only and Node: the manifest
+  read, the decoder file's sha256 checked, one session opened, one latent decoded (Node:
+  ``client.mjs decode``).
 
-Ratios are against the Python fp32 ``.onnx`` row of the same table. The load average and the
-busiest other processes are printed with the tables: on a shared machine they say what else ran.
-Writes ``bench/results/edge.json`` (``--json``), with the edge folder's operator list and its
-ORT-against-ONNX check.
+Ratios are against the same decoder's fp32 ``.onnx`` in the same client. The load average and
+the busiest other processes are recorded with the tables: on a shared machine they say what else
+ran. Writes ``bench/results/edge.json`` (``--json``), with the edge folder's operator list, its
+ORT-against-ONNX check and each file's chosen optimization level.
 """
 
 from __future__ import annotations
@@ -55,22 +59,56 @@ from export.bundle import Bundle
 from export.edge import build_edge
 
 CLIENT = REPO / "export" / "node" / "client.mjs"
+DECODERS = {  # name -> (model, decoder) as Bundle.generate and client.mjs take them
+    "vae": ("vae", "full"),
+    "ae": ("ae", "full"),
+    "compact": ("vae", "compact"),
+}
 VARIANTS = (("onnx", "fp32"), ("onnx", "int8"), ("ort", "fp32"), ("ort", "int8"))
 WARMUP = 100
 
+# a fresh Python process: the manifest, the decoder file's sha256, one session, one decode;
+# prints its RSS before the session and after the decode (kB)
 DECODER_ONLY = """
 import hashlib, json, sys
 import numpy as np, onnxruntime as ort
+
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+
 folder, role = sys.argv[1], sys.argv[2]
 manifest = json.load(open(folder + "/manifest.json"))
 entry = manifest["models"][role]
 data = open(folder + "/" + entry["file"], "rb").read()
 assert hashlib.sha256(data).hexdigest() == manifest["files"][entry["file"]]["sha256"]
+before = rss()
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-digit = session.run(None, {"z": np.zeros((1, manifest["latent_dim"]), np.float32)})[0]
+del data
+z = session.get_inputs()[0]
+digit = session.run(None, {z.name: np.zeros((1, z.shape[1]), np.float32)})[0]
 assert digit.shape == (1, 28, 28)
+print(json.dumps({"before_kb": before, "after_kb": rss()}))
+"""
+# the same in Node (onnxruntime-node from the repository's node_modules)
+NODE_MEMORY = """
+const { readFileSync } = require("node:fs");
+const crypto = require("node:crypto");
+const ort = require(process.argv[3]);
+const [folder, role] = [process.argv[1], process.argv[2]];
+const manifest = JSON.parse(readFileSync(folder + "/manifest.json", "utf8"));
+const entry = manifest.models[role];
+const data = readFileSync(folder + "/" + entry.file);
+if (crypto.createHash("sha256").update(data).digest("hex") !== manifest.files[entry.file].sha256) {
+  throw new Error("sha256");
+}
+const before = process.memoryUsage().rss;
+ort.InferenceSession.create(data, { intraOpNumThreads: 1, interOpNumThreads: 1 }).then(async (s) => {
+  const dim = entry.inputs[0].shape[1];
+  await s.run({ [s.inputNames[0]]: new ort.Tensor("float32", new Float32Array(dim), [1, dim]) });
+  console.log(JSON.stringify({ before_kb: before / 1024, after_kb: process.memoryUsage().rss / 1024 }));
+});
 """
 BUNDLE = """
 import sys
@@ -80,31 +118,43 @@ assert digit.shape == (1, 28, 28)
 """
 
 
-def role(precision: str) -> str:
-    return "vae_decoder_int8" if precision == "int8" else "vae_decoder"
+def role(name: str, precision: str) -> str:
+    base = "compact_decoder" if name == "compact" else f"{name}_decoder"
+    return f"{base}_int8" if precision == "int8" else base
 
 
-def python_latency(folder: Path, precision: str, calls: int) -> tuple[float, float]:
+def python_latency(folder: Path, name: str, precision: str, calls: int) -> tuple[float, float]:
     bundle = Bundle.load(folder, precision, threads=1)
+    model, decoder = DECODERS[name]
     z = np.random.default_rng(0).standard_normal((calls + WARMUP, bundle.latent_dim))
+    if model == "ae":  # the AE's latents are its encoder's range, not N(0, 1)
+        box = bundle.manifest["latent_boxes"]["ae"]
+        z = np.asarray(box["low"]) + (np.asarray(box["high"]) - box["low"]) * (z * 0.2 + 0.5)
     z = z.astype(np.float32)
     times = np.empty(calls)
     for i in range(WARMUP + calls):
         started = time.perf_counter()
-        bundle.generate(z[i : i + 1], "vae")
+        bundle.generate(z[i : i + 1], model, decoder)
         if i >= WARMUP:
             times[i - WARMUP] = time.perf_counter() - started
     return float(np.percentile(times, 50)) * 1e6, float(np.percentile(times, 99)) * 1e6
 
 
-def node_latency(folder: Path, precision: str, calls: int) -> tuple[float, float]:
+def node_latency(folder: Path, name: str, precision: str, calls: int) -> tuple[float, float]:
+    model, decoder = DECODERS[name]
     out = subprocess.run(
-        ["node", str(CLIENT), "bench", "--bundle", str(folder), "--precision", precision,
-         "--threads", "1", "--calls", str(calls), "--warmup", str(WARMUP)],
+        ["node", str(CLIENT), "bench", "--bundle", str(folder), "--model", model, "--decoder",
+         decoder, "--precision", precision, "--threads", "1", "--calls", str(calls),
+         "--warmup", str(WARMUP)],
         cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     result = json.loads(out)
     return float(result["p50_us"]), float(result["p99_us"])
+
+
+def memory(command: list[str]) -> dict[str, float]:
+    out = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def wall(command: list[str]) -> float:
@@ -113,44 +163,89 @@ def wall(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def _row_key(r: dict[str, Any]) -> tuple:
+    return (
+        list(DECODERS).index(r["decoder"]),
+        r["client"] != "Python",
+        r["format"],
+        r["precision"],
+    )
+
+
 def render(report: dict[str, Any]) -> str:
-    """The run's three tables, from its result file."""
-    sizes = report["sizes"]
-    base = next(r["bytes"] for r in sizes if r["format"] == "onnx" and r["precision"] == "fp32")
+    """The run's tables, from its result file."""
+    sizes = {(r["decoder"], r["format"], r["precision"]): r["bytes"] for r in report["sizes"]}
     lines = [
         f"machine: {report['machine']}",
-        f"VAE decoder; {report['calls']} calls x {report['repeats']} repeats; "
-        f"{report['starts']} cold starts per row",
+        f"{report['calls']} calls x {report['repeats']} repeats per file; "
+        f"{report['starts']} fresh processes per memory and cold-start row",
         "",
         table(
-            ["file", "precision", "bytes", "vs fp32 .onnx"],
+            ["decoder", "file", "bytes", "vs its fp32 .onnx", "optimization (.ort)"],
             [
-                [r["file"], r["precision"], f"{r['bytes']:,}", f"{r['bytes'] / base:.2f}x"]
-                for r in sizes
+                [
+                    r["decoder"],
+                    r["file"],
+                    f"{r['bytes']:,}",
+                    f"{r['bytes'] / sizes[r['decoder'], 'onnx', 'fp32']:.2f}x",
+                    r.get("level", ""),
+                ]
+                for r in report["sizes"]
             ],
         ),  # fmt: skip
         "",
     ]
-    latency = sorted(report["latency"], key=lambda r: (r["client"] != "Python", r["format"],
-                                                        r["precision"]))  # fmt: skip
-    ref = next(r for r in latency if (r["client"], r["format"], r["precision"]) ==
-               ("Python", "onnx", "fp32"))  # fmt: skip
+    latency = sorted(report["latency"], key=_row_key)
+    base = {
+        (r["decoder"], r["client"]): r["p50_us"]
+        for r in latency
+        if (r["format"], r["precision"]) == ("onnx", "fp32")
+    }
+    onnx = {(r["decoder"], r["client"], r["precision"]): r["p50_us"] for r in latency
+            if r["format"] == "onnx"}  # fmt: skip
     rows = [
-        [r["client"], f".{r['format']}", r["precision"], f"{r['p50_us']:,.0f}",
-         f"{r['p99_us']:,.0f}", f"{r['p50_us'] / ref['p50_us']:.2f}x",
-         f"{r['p99_us'] / ref['p99_us']:.2f}x"]
+        [r["decoder"], r["client"], f".{r['format']}", r["precision"], f"{r['p50_us']:,.1f}",
+         f"{r['p99_us']:,.0f}", f"{r['p50_us'] / base[r['decoder'], r['client']]:.2f}x",
+         f"{r['p50_us'] / onnx[r['decoder'], r['client'], r['precision']]:.2f}x"]
         for r in latency
     ]  # fmt: skip
     lines += [
         table(
             [
+                "decoder",
                 "client",
                 "format",
                 "precision",
                 "p50 µs",
                 "p99 µs",
-                "p50 vs Python fp32 .onnx",
-                "p99 vs Python fp32 .onnx",
+                "p50 vs fp32 .onnx",
+                "p50 vs its .onnx",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+    ]
+    mem = sorted(report["memory"], key=_row_key)
+    base = {
+        (r["decoder"], r["client"]): r["after_mib"]
+        for r in mem
+        if (r["format"], r["precision"]) == ("onnx", "fp32")
+    }
+    rows = [
+        [r["decoder"], r["client"], f".{r['format']}", r["precision"], f"{r['before_mib']:.1f}",
+         f"{r['after_mib']:.1f}", f"{r['after_mib'] - base[r['decoder'], r['client']]:+.1f}"]
+        for r in mem
+    ]  # fmt: skip
+    lines += [
+        table(
+            [
+                "decoder",
+                "client",
+                "format",
+                "precision",
+                "RSS before the session MiB",
+                "RSS after one digit MiB",
+                "vs fp32 .onnx MiB",
             ],
             rows,
         ),  # fmt: skip
@@ -168,7 +263,7 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         table(
             [
-                "process (cold start to first digit)",
+                "process (VAE decoder, cold start to first digit)",
                 "format",
                 "precision",
                 "median s",
@@ -201,16 +296,14 @@ def render_operators(report: dict[str, Any]) -> str:
 
 
 def index_line(r: dict[str, Any]) -> str:
-    """The line of the benchmarks' index: this result's headline figure."""
-    size = {(x["format"], x["precision"]): x["bytes"] for x in r["sizes"]}
-    node = next(
-        x
-        for x in r["latency"]
-        if (x["client"], x["format"], x["precision"]) == ("Node", "ort", "fp32")
-    )
+    """The line of the benchmarks' index: this result's headline figures."""
+    p50 = {
+        (x["decoder"], x["client"], x["format"], x["precision"]): x["p50_us"] for x in r["latency"]
+    }
+    vae = p50["vae", "Python", "onnx", "int8"] / p50["vae", "Python", "onnx", "fp32"]
     return (
-        f"int8 `.ort` {size['ort', 'int8'] / size['onnx', 'fp32']:.0%} of the fp32 `.onnx`; "
-        f"Node fp32 `.ort` p50 {node['p50_us']:,.0f} µs"
+        f"VAE int8 p50 {vae:.2f}x its fp32 (Python, one thread); compact int8 "
+        f"{p50['compact', 'Python', 'onnx', 'int8']:,.1f} µs"
     )
 
 
@@ -234,52 +327,67 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()
     bundle_dir = (args.run / "export").resolve()
     runtime_python = str(args.runtime_python if args.runtime_python.exists() else sys.executable)
+    ort_node = str(REPO / "node_modules" / "onnxruntime-node")
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
         edge_dir = args.edge.resolve() if args.edge else Path(tmp) / "edge"
         if not args.edge:
             build_edge(bundle_dir, edge_dir)
         folders = {"onnx": bundle_dir, "ort": edge_dir}
         manifests = {k: json.loads((f / "manifest.json").read_text()) for k, f in folders.items()}
-
-        def file_of(fmt: str, precision: str) -> str:
-            return manifests[fmt]["models"][role(precision)]["file"]
-
-        def size(fmt: str, precision: str) -> int:
-            return manifests[fmt]["files"][file_of(fmt, precision)]["bytes"]
-
-        # latency, interleaved by repeat
-        latency: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+        cases = [(d, f, p) for d in DECODERS for f, p in VARIANTS]
+        # latency, every file in turn within a repeat
+        latency: dict[tuple[str, str, str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeats):
-            for fmt, precision in VARIANTS:
+            for name, fmt, precision in cases:
                 for language, fn in (("Python", python_latency), ("Node", node_latency)):
-                    result = fn(folders[fmt], precision, args.calls)
-                    latency.setdefault((language, fmt, precision), []).append(result)
-                    print(f"  latency {language} {fmt} {precision}: {result}", file=sys.stderr)
-        # cold start
-        cases = {}
+                    result = fn(folders[fmt], name, precision, args.calls)
+                    latency.setdefault((name, language, fmt, precision), []).append(result)
+                    print(
+                        f"  latency {name} {language} {fmt} {precision}: {result}", file=sys.stderr
+                    )
+        # memory of fresh processes, interleaved
+        mem: dict[tuple[str, str, str, str], list[dict[str, float]]] = {}
+        for _ in range(args.starts):
+            for name, fmt, precision in cases:
+                folder, r = str(folders[fmt]), role(name, precision)
+                for client, command in (
+                    ("Python", [runtime_python, "-c", DECODER_ONLY, folder, r]),
+                    ("Node", ["node", "-e", NODE_MEMORY, folder, r, ort_node]),
+                ):
+                    mem.setdefault((name, client, fmt, precision), []).append(memory(command))
+        # cold start of the VAE decoder
+        starts_cases = {}
         for fmt, precision in VARIANTS:
             folder = str(folders[fmt])
-            cases[("Python Bundle", fmt, precision)] = [
+            starts_cases[("Python Bundle", fmt, precision)] = [
                 runtime_python, "-c", BUNDLE, folder, precision,
             ]  # fmt: skip
-            cases[("Python decoder only", fmt, precision)] = [
-                runtime_python, "-c", DECODER_ONLY, folder, role(precision),
+            starts_cases[("Python decoder only", fmt, precision)] = [
+                runtime_python, "-c", DECODER_ONLY, folder, role("vae", precision),
             ]  # fmt: skip
-            cases[("Node", fmt, precision)] = [
+            starts_cases[("Node", fmt, precision)] = [
                 "node", str(CLIENT), "decode", "--bundle", folder, "--precision", precision,
                 "--z", "0,0", "--json",
             ]  # fmt: skip
-        for command in cases.values():
+        for command in starts_cases.values():
             wall(command)  # warm the file cache
-        starts: dict[tuple[str, str, str], list[float]] = {k: [] for k in cases}
+        starts: dict[tuple[str, str, str], list[float]] = {k: [] for k in starts_cases}
         for _ in range(args.starts):
-            for key, command in cases.items():
+            for key, command in starts_cases.items():
                 starts[key].append(wall(command))
         edge_manifest = manifests["ort"]
-        sizes = [
-            {"file": file_of(f, p), "format": f, "precision": p, "bytes": size(f, p)}
-            for f, p in VARIANTS
-        ]
+        sizes = []
+        for name, fmt, precision in cases:
+            entry = manifests[fmt]["models"][role(name, precision)]
+            row = {"decoder": name, "file": entry["file"], "format": fmt, "precision": precision,
+                   "bytes": manifests[fmt]["files"][entry["file"]]["bytes"]}  # fmt: skip
+            if fmt == "ort":
+                row["level"] = entry["ort"]["optimization"]
+            sizes.append(row)
+        choices = {
+            r: manifests["onnx"]["models"][r]["quantization_choice"]
+            for r in (role(n, "int8") for n in DECODERS)
+        }
     report = {
         "machine": machine(),
         "command": command_line(),
@@ -291,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         "sizes": sizes,
         "latency": [
             {
+                "decoder": d,
                 "client": c,
                 "format": f,
                 "precision": p,
@@ -298,14 +407,28 @@ def main(argv: list[str] | None = None) -> None:
                 "p99_us": statistics.median(r[1] for r in v),
                 "repeats_us": v,
             }
-            for (c, f, p), v in latency.items()
-        ],  # fmt: skip
+            for (d, c, f, p), v in latency.items()
+        ],
+        "memory": [
+            {
+                "decoder": d,
+                "client": c,
+                "format": f,
+                "precision": p,
+                "before_mib": statistics.median(x["before_kb"] for x in v) / 1024,
+                "after_mib": statistics.median(x["after_kb"] for x in v) / 1024,
+                "processes": len(v),
+            }
+            for (d, c, f, p), v in mem.items()
+        ],
         "cold_start": [
             {"process": n, "format": f, "precision": p, "seconds": t}
             for (n, f, p), t in starts.items()
         ],
+        "quantization_choices": choices,
         "operators": edge_manifest["edge"]["operators"],
         "edge_check": edge_manifest["edge"]["check"],
+        "optimization_rule": edge_manifest["edge"].get("optimization_rule"),
         "onnxruntime": edge_manifest["edge"]["onnxruntime"],
         "load": load_report(load_start),
     }

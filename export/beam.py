@@ -1,7 +1,7 @@
 """Anomaly scoring as an Apache Beam pipeline, on the local DirectRunner or on a cluster runner
 (Dataflow, Flink, Spark).
 
-    python -m export.beam digits.npy pngs/ --bundle artifacts/export --model vae \\
+    python -m export.beam digits.npy pngs/ --bundle artifacts/export \\
         --out scores/part                      # -> scores/part-00000-of-0000N.csv + errors
     python -m export.beam /mnt/shared/big.npy --bundle /mnt/shared/export --out gs://b/scores \\
         --runner DataflowRunner --project P --region R --temp_location gs://b/tmp
@@ -28,7 +28,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from export.bundle import MODELS, PRECISIONS, Bundle
+from export.bundle import DETECTOR, MODELS, PRECISIONS, Bundle
 from export.inputs import RecordError, Unit, read_unit, reading_units
 from export.scorefile import COLUMNS, ERROR_COLUMNS, csv_lines, error_csv_line
 from export.streaming import DEFAULT_BATCH, score_items
@@ -38,7 +38,7 @@ class ScoreUnits(beam.DoFn):
     """Reading unit -> CSV lines of its scores (main output) and of its bad records ("errors")."""
 
     def __init__(
-        self, bundle_dir: str, model: str, precision: str, threads: int, batch_size: int
+        self, bundle_dir: str, model: str | None, precision: str, threads: int, batch_size: int
     ) -> None:
         self.bundle_dir, self.model, self.precision = bundle_dir, model, precision
         self.threads, self.batch_size = threads, batch_size
@@ -66,7 +66,7 @@ def build(
     sources: Sequence[str],
     bundle_dir: str,
     out: str,
-    model: str = "vae",
+    model: str | None = None,
     precision: str = "fp32",
     batch_size: int = DEFAULT_BATCH,
     threads: int = 0,
@@ -98,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy .npz IDX .png folder .csv")
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/export"))
-    parser.add_argument("--model", choices=MODELS, default="vae")
+    parser.add_argument(
+        "--model",
+        choices=(DETECTOR, *MODELS),
+        default=None,
+        help="whose score (default: the bundle's, the detector where it has one)",
+    )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--out", required=True, help="output prefix of the CSV shards")
     parser.add_argument(

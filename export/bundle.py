@@ -4,10 +4,14 @@
     digits = bundle.sample(16, seed=0)                  # (16, 28, 28) float32 from the VAE prior
     small = bundle.sample(16, seed=0, decoder="compact")  # the same draws, the compact decoder
     z = bundle.encode(images, model="vae")              # (n, latent_dim): the posterior mean
-    flags = bundle.is_anomaly(images, model="vae")      # (n,) bool at the calibrated threshold
+    flags = bundle.is_anomaly(images)                   # (n,) bool: the default score (detector)
+    vae = bundle.score(images, model="vae")             # (n,) the 2-D VAE's negative ELBO
     clean = bundle.denoise(noisy_images)                # (n, 28, 28) float32: the denoiser
 
-``precision="int8"`` swaps in the int8 decoders (encoders stay fp32). ``decoder="compact"``
+Anomaly scores: ``model`` is the bundle's default (``default_model``: the detector, a scoring
+model of its own, ``pipeline.detector``; bundles exported before it: the VAE) unless
+``model="ae"`` or ``"vae"`` asks for the 2-D models' scores, the method of the classic
+explanation of VAEs. ``precision="int8"`` swaps in the int8 decoders (encoders stay fp32). ``decoder="compact"``
 decodes the VAE's latents with the compact decoder distilled from the VAE's (bundles exported
 with the ``train_compact`` stage), an 84 k-weight model for small devices. The
 anomaly thresholds were calibrated with the fp32 models; int8 scores move by the recorded drift.
@@ -36,6 +40,13 @@ PRECISIONS = ("fp32", "int8")
 DECODERS = ("full", "compact")  # the model's own decoder, or the compact one (VAE latents)
 COMPACT = "compact_decoder"  # its role in the manifest
 SCORES = scoring.SCORES  # each model's anomaly score
+DETECTOR = scoring.DETECTOR
+DETECTOR_PARTS = (
+    "detector_encoder",
+    "detector_decoder",
+    "background_encoder",
+    "background_decoder",
+)
 DENOISER = "denoiser"  # its role in the manifest; bundles exported before it have none
 # rows per session.run call: ONNX Runtime plans its buffers for the rows of a call, so this
 # bounds its memory (1024 rows: a third less peak RSS than 4096 when scoring, and no slower)
@@ -140,6 +151,11 @@ class Bundle:
                 self._sessions[f"{kind}_{part}"] = _open_session(
                     directory / manifest["models"][role]["file"], threads
                 )
+        for role in DETECTOR_PARTS:  # fp32 whatever the precision: they only score
+            if role in manifest["models"]:
+                self._sessions[role] = _open_session(
+                    directory / manifest["models"][role]["file"], threads
+                )
         if COMPACT in manifest["models"]:
             role = COMPACT + ("_int8" if precision == "int8" else "")
             self._sessions[COMPACT] = _open_session(
@@ -198,10 +214,29 @@ class Bundle:
             raise ValueError("z holds NaN or inf")
         return z
 
-    def threshold(self, model: str = "vae") -> float:
-        """The anomaly threshold of ``model``'s score, calibrated by the evaluate stage."""
-        self._check_model(model)
-        return float(self.manifest["anomaly"][model]["threshold"])
+    @property
+    def default_model(self) -> str:
+        """The model whose score ``score`` and the CLI give unless told: "detector" in bundles
+        with one, else "vae"."""
+        return self.manifest["anomaly"].get("default", "vae")
+
+    @property
+    def scoring_models(self) -> tuple[str, ...]:
+        """The models this bundle scores with, the default first."""
+        models = [DETECTOR] if DETECTOR in self.manifest["anomaly"] else []
+        return (*models, *MODELS)
+
+    def _scoring_model(self, model: str | None) -> str:
+        """``model``, or the default for None; raises ValueError for one the bundle lacks."""
+        model = self.default_model if model is None else model
+        if model not in self.scoring_models:
+            raise ValueError(f"model must be one of {self.scoring_models}, got {model!r}")
+        return model
+
+    def threshold(self, model: str | None = None) -> float:
+        """The anomaly threshold of ``model``'s score (default: ``default_model``), calibrated
+        on the validation digits by the evaluate stage."""
+        return float(self.manifest["anomaly"][self._scoring_model(model)]["threshold"])
 
     # -- the models ----------------------------------------------------------------------------
 
@@ -274,29 +309,34 @@ class Bundle:
         """Encode then decode (the VAE decodes z_mean): (n, 28, 28) float32."""
         return self.generate(self.encode(images, model), model)
 
-    def score(self, images: Any, model: str = "vae") -> np.ndarray:
+    def score(self, images: Any, model: str | None = None) -> np.ndarray:
         """Anomaly score (n,) float32, higher is more anomalous (see ``export.scoring``).
 
-        AE: mean squared reconstruction error. VAE: negative ELBO at z_mean, in nats.
+        detector (the default): the largest of its terms on its negative ELBO's scale, nats
+        (``export.scoring.detector_score``). AE: mean squared reconstruction error. VAE:
+        negative ELBO at z_mean, in nats.
         """
         return self.score_and_maps(images, model, maps=False)[0]
 
-    def pixel_scores(self, images: Any, model: str = "vae") -> np.ndarray:
+    def pixel_scores(self, images: Any, model: str | None = None) -> np.ndarray:
         """Where each image is anomalous: the score per pixel, (n, 28, 28) float32.
 
         AE: the squared error (x - x_hat)^2, whose mean over the image is the AE score. VAE:
         -log p(x_ij | z_mean), in nats, whose sum over the image plus the image's KL term is the
-        VAE score. ``export.scoring.top_fraction_mean(maps, 0.05)`` aggregates them into a
+        VAE score. Detector: the same for its class-conditional VAE (its negative ELBO term). ``export.scoring.top_fraction_mean(maps, 0.05)`` aggregates them into a
         second score that a small defect moves more.
         """
         return self.score_and_maps(images, model, maps=True)[1]
 
     def score_and_maps(
-        self, images: Any, model: str = "vae", maps: bool = True
+        self, images: Any, model: str | None = None, maps: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``score`` and (``maps``) ``pixel_scores`` of ``images`` from one pass of the model."""
-        self._check_model(model)
+        model = self._scoring_model(model)
         images = as_images(images)
+        if model == DETECTOR:
+            scores, fg = self._detector_score(images)
+            return scores, scoring.bernoulli_nll_map(images, fg.pixels) if maps else None
         encoder, decoder = self._sessions[f"{model}_encoder"], self._sessions[f"{model}_decoder"]
         out = scoring.reconstruct_and_score(
             model,
@@ -310,17 +350,38 @@ class Bundle:
             return out.scores, scoring.squared_error_map(images, out.pixels)
         return out.scores, scoring.bernoulli_nll_map(images, out.pixels)
 
-    def is_anomaly(self, images: Any, model: str = "vae") -> np.ndarray:
+    def _detector_score(self, images: np.ndarray) -> tuple[np.ndarray, scoring.Reconstruction]:
+        entry = self.manifest["anomaly"][DETECTOR]
+        s = self._sessions
+
+        def outputs(role: str, names: tuple[str, ...]) -> Any:
+            return lambda x: [s[role].run(x)[name] for name in names]
+
+        return scoring.detector_score(
+            images,
+            (
+                outputs("detector_encoder", ("z_mean", "z_log_var", "class_logits")),
+                lambda zc: s["detector_decoder"].run(zc)["pixels"],
+            ),
+            (
+                outputs("background_encoder", ("z_mean", "z_log_var")),
+                lambda z: s["background_decoder"].run(z)["pixels"],
+            ),
+            scoring.Calibration.from_json(entry["calibration"]),
+            int(entry["coarse_block"]),
+        )
+
+    def is_anomaly(self, images: Any, model: str | None = None) -> np.ndarray:
         """(n,) bool: score above the manifest threshold (calibrated at ``anomaly.fpr``)."""
         return self.score(images, model) > self.threshold(model)
 
-    def validation_scores(self, model: str = "vae") -> np.ndarray:
+    def validation_scores(self, model: str | None = None) -> np.ndarray:
         """The scores of the validation digits (the normal reference), sorted, (m,) float64.
 
         Computed at export by these ONNX models; raises ``BundleError`` for a bundle exported
         before they were stored.
         """
-        self._check_model(model)
+        model = self._scoring_model(model)
         if model not in self._validation:
             entry = self.manifest["anomaly"].get("validation_scores")
             if entry is None:
@@ -332,12 +393,12 @@ class Bundle:
                 self._validation[model] = np.sort(npz[model].astype(np.float64))
         return self._validation[model]
 
-    def p_values(self, scores: np.ndarray, model: str = "vae") -> np.ndarray:
+    def p_values(self, scores: np.ndarray, model: str | None = None) -> np.ndarray:
         """Empirical p-values (n,) of ``scores`` against the validation scores: small means
         anomalous; uniform on (0, 1] for images like the validation digits."""
         return scoring.p_values(scores, self.validation_scores(model))
 
-    def threshold_at(self, fpr: float, model: str = "vae") -> float:
+    def threshold_at(self, fpr: float, model: str | None = None) -> float:
         """The threshold that flags ``fpr`` of the validation digits (a run-time override of
         the calibrated ``threshold``)."""
         return scoring.calibrate_threshold(self.validation_scores(model), fpr)

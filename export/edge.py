@@ -87,7 +87,8 @@ def sample_inputs(session: ort.InferenceSession, latent_dim: int, rows: int) -> 
     shape = session.get_inputs()[0].shape
     rng = np.random.default_rng(0)
     if session.get_inputs()[0].name == "z":
-        return (2.0 * rng.standard_normal((rows, latent_dim))).astype(np.float32)
+        dim = shape[-1] if isinstance(shape[-1], int) else latent_dim  # the model's own latent
+        return (2.0 * rng.standard_normal((rows, dim))).astype(np.float32)
     return rng.random((rows, *shape[1:]), dtype=np.float32)
 
 
@@ -277,11 +278,12 @@ def readme(manifest: dict[str, Any], source: Path, operators: list[str]) -> str:
             "the validation split; anomalous = score above it):",
             "",
         ]
-        for kind in ("ae", "vae"):
+        default = anomaly.get("default", "vae")
+        for kind in ("detector", "ae", "vae"):
             if kind in anomaly:
-                lines.append(
-                    f"- {kind}: {anomaly[kind]['score']} > {anomaly[kind]['threshold']:.6g}"
-                )
+                what = "detector_scorer.ort" if kind == "detector" else anomaly[kind]["score"]
+                mark = " (the default)" if kind == default else ""
+                lines.append(f"- {kind}{mark}: {what} > {anomaly[kind]['threshold']:.6g}")
         lines.append("")
     lines += [
         "Optimization level of each `.ort` (chosen by measurement when the folder was written: "

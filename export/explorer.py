@@ -111,11 +111,12 @@ def plane_extent(z: np.ndarray) -> dict[str, list[float]]:
 
 
 def _copy_decoders(bundle: Bundle, folder: Path) -> dict[str, dict[str, Any]]:
-    """Copy every decoder into ``folder/models``; role -> {"file", "sha256", "precision"}."""
+    """Copy every decoder of digits (the AE's, the VAE's, the compact one; fp32 and int8) into
+    ``folder/models``; role -> {"file", "sha256", "precision"}."""
     (folder / "models").mkdir(parents=True, exist_ok=True)
     copied = {}
     for role, entry in bundle.manifest["models"].items():
-        if "_decoder" not in role:
+        if role.removesuffix("_int8") not in ("ae_decoder", "vae_decoder", "compact_decoder"):
             continue
         name = entry["file"]
         shutil.copyfile(bundle.directory / name, folder / "models" / name)

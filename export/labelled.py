@@ -323,12 +323,14 @@ def render(result: Evaluation) -> str:
     return "\n".join([head, "", *_table(rows)])
 
 
-def bundle_threshold(directory: str | Path, model: str) -> tuple[Threshold, float]:
-    """The calibrated threshold of ``model`` in a bundle's manifest, and the FPR it was
-    calibrated at (the bundle is loaded, so its checksums are verified)."""
+def bundle_threshold(directory: str | Path, model: str | None) -> tuple[Threshold, float]:
+    """The calibrated threshold of ``model`` (None: the bundle's default score) in a bundle's
+    manifest, and the FPR it was calibrated at (the bundle is loaded, so its checksums are
+    verified)."""
     from export.bundle import Bundle
 
     bundle = Bundle.load(directory)
+    model = bundle.default_model if model is None else model
     fpr = float(bundle.manifest["anomaly"]["fpr"])
     origin = f"bundle {directory}, {model}, calibrated at FPR {fpr:g} on validation"
     return Threshold(bundle.threshold(model), origin), fpr
@@ -341,7 +343,7 @@ def evaluate_file(
     from_folders: bool = False,
     positive: str = DEFAULT_POSITIVE,
     bundle: str | Path | None = None,
-    model: str = "vae",
+    model: str | None = None,
     threshold: float | None = None,
     fpr: float | None = None,
 ) -> Evaluation:

@@ -167,3 +167,134 @@ def reconstruct_and_score(
         return Reconstruction(z, None, pixels, reconstruction_mse(images, pixels))
     z_log_var = outputs[1]
     return Reconstruction(z, z_log_var, pixels, negative_elbo(images, pixels, z, z_log_var))
+
+
+# -- the detector: the bundle's default score -----------------------------------------------
+
+DETECTOR = "detector"  # the scoring model of pipeline.detector, the bundle's default score
+CLASSES = 10
+CALIBRATION_QUANTILE = 0.99  # a term's scale: its 99th percentile minus its median, on clean digits
+
+
+def coarse_deviance(images: np.ndarray, pixels: np.ndarray, block: int) -> np.ndarray:
+    """The Bernoulli divergence of the picture at a coarse scale: images, pixels (n, 28, 28) ->
+    (n,) float64 nats. Both are averaged over ``block`` x ``block`` blocks (probabilities
+    clipped like ``EPSILON``), and the KL(Bern(x_block) || Bern(p_block)) of every block,
+    times its block^2 pixels, is summed: where the pixel-level NLL is dominated by the edges of
+    strokes, this term sees where ink is and is not (a missing half, a second digit)."""
+    k = 28 // block
+
+    def pooled(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float64).reshape(len(a), k, block, k, block).mean(axis=(2, 4))
+        return np.clip(a, EPSILON, 1.0 - EPSILON).reshape(len(a), -1)
+
+    def deviance(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        a, b = pooled(x), pooled(p)
+        kl = a * (np.log(a) - np.log(b)) + (1.0 - a) * (np.log1p(-a) - np.log1p(-b))
+        return block**2 * kl.sum(axis=1)
+
+    return _by_rows(deviance, np.asarray(images), np.asarray(pixels))
+
+
+def class_inputs(z_mean: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
+    """The detector decoder's input: [z_mean, one-hot of the encoder's class] (n, d + 10)
+    float32; the class is the first of the largest logits (ONNX ArgMax's choice too)."""
+    onehot = np.eye(class_logits.shape[1], dtype=np.float32)[np.argmax(class_logits, axis=1)]
+    return np.concatenate([np.asarray(z_mean, np.float32), onehot], axis=1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the detector's terms are put on one scale: ``centres`` (their medians) and
+    ``scales`` (99th percentile minus median) on clean digits, in ``terms`` order."""
+
+    terms: tuple[str, ...]
+    centres: tuple[float, ...]
+    scales: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, terms: dict[str, np.ndarray]) -> Calibration:
+        """From each term's values (n,) on clean calibration digits."""
+        centres, scales = [], []
+        for values in terms.values():
+            values = np.asarray(values, np.float64)
+            median = float(np.median(values))
+            spread = float(np.quantile(values, CALIBRATION_QUANTILE)) - median
+            centres.append(median)
+            scales.append(max(spread, 1e-6))
+        return cls(tuple(terms), tuple(centres), tuple(scales))
+
+    @classmethod
+    def from_json(cls, record: dict[str, list]) -> Calibration:
+        return cls(tuple(record["terms"]), tuple(record["centres"]), tuple(record["scales"]))
+
+    def to_json(self) -> dict[str, list]:
+        return {
+            "terms": list(self.terms),
+            "centres": list(self.centres),
+            "scales": list(self.scales),
+        }
+
+
+def detector_terms(
+    images: np.ndarray,
+    foreground: Reconstruction,
+    background: Reconstruction | None,
+    coarse_block: int,
+) -> dict[str, np.ndarray]:
+    """The detector's terms (n,) float64 nats: ``nelbo``, the class-conditional VAE's negative
+    ELBO at z_mean and its encoder's class (``foreground.scores``); ``coarse``, its
+    ``coarse_deviance`` (when ``coarse_block``); ``ratio``, its negative ELBO minus the
+    background VAE's (the log likelihood ratio against a model of shapeless strokes, Ren et
+    al. 2019), when there is a background."""
+    terms = {"nelbo": foreground.scores.astype(np.float64)}
+    if coarse_block:
+        terms["coarse"] = coarse_deviance(images, foreground.pixels, coarse_block)
+    if background is not None:
+        terms["ratio"] = terms["nelbo"] - background.scores.astype(np.float64)
+    return terms
+
+
+def combine_terms(terms: dict[str, np.ndarray], calibration: Calibration) -> np.ndarray:
+    """The detector's score (n,) float32: the largest of the terms, each standardised by the
+    calibration, on the scale of the first (``nelbo``): centre_0 + scale_0 * max_t (t - c_t) / s_t.
+    Equal to the negative ELBO where that term is the largest."""
+    if tuple(terms) != calibration.terms:
+        raise ValueError(f"terms {tuple(terms)} do not match the calibration's {calibration.terms}")
+    standard = np.max(
+        [
+            (np.asarray(v, np.float64) - c) / s
+            for v, c, s in zip(terms.values(), calibration.centres, calibration.scales, strict=True)
+        ],
+        axis=0,
+    )
+    return (calibration.centres[0] + calibration.scales[0] * standard).astype(np.float32)
+
+
+def detector_reconstruct(
+    images: np.ndarray,
+    encode: Callable[[np.ndarray], Sequence[np.ndarray]],
+    decode: Callable[[np.ndarray], np.ndarray],
+) -> Reconstruction:
+    """The class-conditional VAE over images (n, 28, 28): encode -> [z_mean, z_log_var,
+    class_logits], decode [z_mean, the encoder's class] -> pixels; scores: the negative ELBO."""
+    z_mean, z_log_var, logits = encode(images)
+    pixels = decode(class_inputs(z_mean, logits))
+    return Reconstruction(
+        z_mean, z_log_var, pixels, negative_elbo(images, pixels, z_mean, z_log_var)
+    )
+
+
+def detector_score(
+    images: np.ndarray,
+    foreground: tuple[Callable, Callable],
+    background: tuple[Callable, Callable] | None,
+    calibration: Calibration,
+    coarse_block: int,
+) -> tuple[np.ndarray, Reconstruction]:
+    """The detector's score (n,) float32 of images (n, 28, 28), and its class-conditional VAE's
+    reconstruction (for pixel maps). foreground: (encode, decode) of the class-conditional VAE
+    (``detector_reconstruct``); background: (encode, decode) of the background VAE, or None."""
+    fg = detector_reconstruct(images, *foreground)
+    bg = None if background is None else reconstruct_and_score("vae", images, *background)
+    return combine_terms(detector_terms(images, fg, bg, coarse_block), calibration), fg

@@ -1,6 +1,6 @@
 """Streaming anomaly scoring: inputs of any size through a bundle's model, batch by batch.
 
-    summary = score_files(bundle, ["big.npy", "pngs/"], "scores.parquet", model="ae")
+    summary = score_files(bundle, ["big.npy", "pngs/"], "scores.parquet")  # the default score
     summary.scored, summary.flagged, summary.failed      # rows, anomalies, skipped records
     for item in score_items(bundle, iter_records(["big.npy"], 4096), model="vae"):
         ...                                                # Scored batches and RecordErrors
@@ -77,7 +77,7 @@ def has_validation_scores(bundle: Bundle) -> bool:
 def score_items(
     bundle: Bundle,
     items: Iterable[Item],
-    model: str = "vae",
+    model: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     threshold: float | None = None,
     maps: bool = False,
@@ -94,6 +94,7 @@ def score_items(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    model = bundle.default_model if model is None else model
     threshold = bundle.threshold(model) if threshold is None else float(threshold)
     reference = bundle.validation_scores(model) if has_validation_scores(bundle) else None
     pending: list[Chunk] = []
@@ -157,7 +158,7 @@ def errors_path_for(out: str | None) -> Path:
 
 
 def choose_threshold(
-    bundle: Bundle, model: str, threshold: float | None = None, fpr: float | None = None
+    bundle: Bundle, model: str | None, threshold: float | None = None, fpr: float | None = None
 ) -> float:
     """The bundle's calibrated threshold, or ``threshold`` as given, or the threshold that
     flags ``fpr`` of the stored validation scores (at most one of the two)."""
@@ -188,7 +189,7 @@ def score_files(
     bundle: Bundle,
     sources: Iterable[str | Path],
     out: str | None,
-    model: str = "vae",
+    model: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     fmt: str | None = None,
     errors: str | Path | None = None,

@@ -3,19 +3,30 @@ decoder."""
 
 from models.builders import (
     CompactSpec,
+    DetectorSpec,
     ModelSpec,
     build_autoencoder,
     build_compact_decoder,
     build_decoder,
+    build_detector,
     build_encoder,
     build_vae,
     load_model,
     submodel,
 )
-from models.layers import KLDivergence, Sampling, SummedBinaryCrossentropy, kl_divergence, sine
+from models.layers import (
+    ClassCrossEntropy,
+    KLDivergence,
+    Sampling,
+    SummedBinaryCrossentropy,
+    kl_divergence,
+    sine,
+)
 
 __all__ = [
+    "ClassCrossEntropy",
     "CompactSpec",
+    "DetectorSpec",
     "KLDivergence",
     "ModelSpec",
     "Sampling",
@@ -23,6 +34,7 @@ __all__ = [
     "build_autoencoder",
     "build_compact_decoder",
     "build_decoder",
+    "build_detector",
     "build_encoder",
     "build_vae",
     "kl_divergence",

@@ -4,6 +4,7 @@
     vae = build_vae(ModelSpec(architecture="conv", latent_dim=2), seed=1234)
     denoiser = build_autoencoder(ModelSpec(latent_dim=128), name="denoiser", prefix="denoiser")
     compact = build_compact_decoder(CompactSpec(latent_dim=2))   # z -> pixels, 84k weights
+    detector = build_detector(DetectorSpec(latent_dim=8), seed=1234)  # [images, labels] -> pixels
 
 Every model takes images (n, 28, 28) float32 in [0, 1]; decoders return pixels (n, 28, 28) in
 [0, 1] (sigmoid). The tensor names (`images`, `z`, `z_mean`, `z_log_var`, `pixels`) are the ones
@@ -19,7 +20,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from models.layers import KLDivergence, Sampling, sine
+from models.layers import ClassCrossEntropy, KLDivergence, Sampling, sine
 
 IMAGE_SHAPE = (28, 28)
 
@@ -62,6 +63,23 @@ class CompactSpec:
                 raise ValueError(f"{key} must be positive. Received: {key}={getattr(self, key)}")
         if self.rank < 0:
             raise ValueError(f"rank must be >= 0. Received: rank={self.rank}")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """The anomaly detector's class-conditional VAE; mirrors the ``[detector]`` section."""
+
+    latent_dim: int = 8  # the style of a digit; its class is told apart by the encoder's head
+    hidden_units: tuple[int, ...] = (512, 256)  # encoder widths (the decoder mirrors them)
+    class_weight: float = 10.0  # of the class cross-entropy, beside the negative ELBO
+    classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.latent_dim <= 0 or not self.hidden_units or min(self.hidden_units) <= 0:
+            raise ValueError(
+                f"latent_dim and hidden_units must be positive. Received: {self.latent_dim}, "
+                f"{self.hidden_units}"
+            )
 
 
 def _dropout(x: keras.KerasTensor, spec: ModelSpec, name: str) -> keras.KerasTensor:
@@ -150,19 +168,52 @@ def build_autoencoder(
     return keras.Model(images, decoder(encoder(images)), name=name)
 
 
-def build_vae(spec: ModelSpec, seed: int | None = None) -> keras.Model:
+def build_vae(spec: ModelSpec, seed: int | None = None, prefix: str = "vae") -> keras.Model:
     """images (n, 28, 28) -> reconstruction (n, 28, 28) decoded from a sampled z.
 
     The KL term enters the loss through the ``KLDivergence`` layer; compile with a summed
     reconstruction loss (``SummedBinaryCrossentropy``) so the total is the negative ELBO in nats.
+    The sub-models are named ``{prefix}_encoder`` and ``{prefix}_decoder``.
     """
-    encoder = build_encoder(spec, variational=True)
-    decoder = build_decoder(spec, variational=True)
+    encoder = build_encoder(spec, variational=True, name=f"{prefix}_encoder")
+    decoder = build_decoder(spec, variational=True, name=f"{prefix}_decoder")
     images = keras.Input(IMAGE_SHAPE, name="images")
     z_mean, z_log_var = encoder(images)
     z_mean, z_log_var = KLDivergence(beta=spec.beta, name="kl_divergence")([z_mean, z_log_var])
     z = Sampling(seed=seed, name="sampling")([z_mean, z_log_var])
-    return keras.Model(images, decoder(z), name="vae")
+    return keras.Model(images, decoder(z), name=prefix)
+
+
+def build_detector(spec: DetectorSpec, seed: int | None = None) -> keras.Model:
+    """[images (n, 28, 28), labels (n, classes) one-hot] -> pixels (n, 28, 28): a VAE whose
+    decoder is told the digit's class (Kingma et al. 2014's M2 with the labels observed).
+
+    Sub-models: ``detector_encoder``, images -> [z_mean, z_log_var, class_logits], and
+    ``detector_decoder``, z_class (n, latent_dim + classes) = [z, one-hot class] -> pixels. The
+    KL term and ``class_weight`` times the class cross-entropy enter the loss through layers;
+    compile with ``SummedBinaryCrossentropy``. Scored, the decoder reads the encoder's class.
+    """
+    images = keras.Input(IMAGE_SHAPE, name="images")
+    trunk = _encoder_trunk(images, ModelSpec(hidden_units=spec.hidden_units))
+    z_mean = layers.Dense(spec.latent_dim, name="z_mean")(trunk)
+    z_log_var = layers.Dense(spec.latent_dim, name="z_log_var")(trunk)
+    logits = layers.Dense(spec.classes, name="class_logits")(trunk)
+    encoder = keras.Model(images, [z_mean, z_log_var, logits], name="detector_encoder")
+    z_class = keras.Input((spec.latent_dim + spec.classes,), name="z_class")
+    x = z_class
+    for i, units in enumerate(reversed(spec.hidden_units)):
+        x = layers.Dense(units, activation="relu", name=f"dec_dense_{i}")(x)
+    x = layers.Dense(28 * 28, activation="sigmoid", name="dec_pixels")(x)
+    decoder = keras.Model(
+        z_class, layers.Reshape(IMAGE_SHAPE, name="pixels")(x), name="detector_decoder"
+    )
+    labels = keras.Input((spec.classes,), name="labels")
+    z_mean, z_log_var, logits = encoder(images)
+    z_mean, z_log_var = KLDivergence(name="kl_divergence")([z_mean, z_log_var])
+    labels_in = ClassCrossEntropy(spec.class_weight, name="class_cross_entropy")([labels, logits])
+    z = Sampling(seed=seed, name="sampling")([z_mean, z_log_var])
+    pixels = decoder(layers.Concatenate(name="z_and_class")([z, labels_in]))
+    return keras.Model([images, labels], pixels, name="detector")
 
 
 def build_compact_decoder(spec: CompactSpec, name: str = "compact_decoder") -> keras.Model:

@@ -60,6 +60,38 @@ class KLDivergence(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ClassCrossEntropy(keras.layers.Layer):
+    """Identity on the one-hot labels that adds ``weight * mean_batch(cross-entropy)`` of the
+    class logits to the loss (the labels then flow on into the model, which keeps this layer in
+    its graph).
+
+    inputs: [labels (n, classes) one-hot, logits (n, classes)] -> labels. The cross-entropy (nats
+    per example, before ``weight``) is tracked as the metric ``class_ce``.
+    """
+
+    def __init__(self, weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        weight = float(weight)
+        if weight < 0:
+            raise ValueError(f"ClassCrossEntropy: weight must be >= 0. Received: weight={weight}")
+        self.weight = weight
+        self.ce_tracker = keras.metrics.Mean(name="class_ce")
+
+    def call(self, inputs: list[Any]) -> Any:
+        labels, logits = inputs
+        ce = -ops.mean(ops.sum(labels * ops.log_softmax(logits, axis=-1), axis=-1))
+        self.add_loss(self.weight * ce)
+        self.ce_tracker.update_state(ce)
+        return labels
+
+    def compute_output_spec(self, inputs: list[Any]) -> Any:
+        return keras.KerasTensor(inputs[0].shape, dtype=inputs[0].dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight": self.weight}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Sampling(keras.layers.Layer):
     """Reparameterisation trick: ``z = z_mean + exp(z_log_var / 2) * eps``, ``eps ~ N(0, I)``.
 

@@ -8,7 +8,9 @@ Writes ``export/`` under ``--out``: ``ae_encoder.onnx``, ``ae_decoder.onnx``,
 decoders ``*_decoder.int8.onnx`` (of several quantizations, the one chosen by measured drift
 and speed: ``pipeline.quantization``), ``denoiser.onnx`` (noisy images -> pixels, checked on noisy test
 digits), the anomaly scorers ``ae_scorer.onnx`` and
-``vae_scorer.onnx`` (images -> score, anomaly; ``pipeline.scorers``), the ``.keras`` models
+``vae_scorer.onnx`` (images -> score, anomaly; ``pipeline.scorers``), the detector's four models
+and its scorer ``detector_scorer.onnx`` (the default score; ``pipeline.detector_export``), the
+``.keras`` models
 under ``keras/``, ``validation_scores.npz`` (the validation digits' AE and VAE scores by the
 exported models: the reference of the runtime's p-values), ``test_latents.npz`` (the test
 digits' latent positions and labels, for plots and the latent explorer) and ``manifest.json``
@@ -53,6 +55,8 @@ from pipeline.conversion import (
     set_metadata,
 )
 from pipeline.data import load_split
+from pipeline.detection import read_calibration
+from pipeline.detector_export import anomaly_entry, export_detector, onnx_detector_scores
 from pipeline.measures import add_noise
 from pipeline.scorers import export_scorer
 
@@ -62,12 +66,19 @@ TEST_LATENTS = "test_latents.npz"
 VALIDATION_SCORES = "validation_scores.npz"
 DENOISER = "denoiser"  # its role in the manifest and its folder under --out
 COMPACT = "compact"  # the compact decoder's folder under --out (role "compact_decoder")
+DETECTOR = "detector"  # the default score's model (pipeline.detector)
 
 
 def export_inputs(paths: Paths) -> list[Path]:
     """Every Keras file of the models, the evaluation's thresholds and boxes, the data."""
     return [
         *(path for kind in (*KINDS, COMPACT, DENOISER) for path in paths.keras_files(kind)),
+        *(
+            paths.keras_file(kind, part)
+            for kind in (DETECTOR, "background")
+            for part in ("encoder", "decoder")
+        ),
+        paths.detector_calibration,
         paths.summary_file(DENOISER),  # the noise it was trained on
         paths.eval_dir / "metrics.json",
         paths.eval_dir / "latent_boxes.json",
@@ -117,13 +128,13 @@ def write_test_latents(
 
 
 def write_validation_scores(
-    folder: Path, images: np.ndarray, opened: dict[str, OnnxModel]
+    folder: Path, images: np.ndarray, opened: dict[str, OnnxModel], paths: Paths
 ) -> dict[str, Any]:
     """The anomaly scores of the validation digits by the exported fp32 ONNX models: the
     reference the runtime's p-values and ``--fpr`` thresholds are computed against.
 
-    images (m, 28, 28) float32 -> ``folder/validation_scores.npz`` holding ``ae`` and ``vae``
-    (m,) float32, in ``export.scoring``'s definitions. Returns its manifest entry.
+    images (m, 28, 28) float32 -> ``folder/validation_scores.npz`` holding ``ae``, ``vae`` and
+    ``detector`` (m,) float32, in ``export.scoring``'s definitions. Returns its manifest entry.
     """
     arrays = {
         kind: reconstruct_and_score(
@@ -134,6 +145,7 @@ def write_validation_scores(
         ).scores
         for kind in ("ae", "vae")
     }
+    arrays[DETECTOR] = onnx_detector_scores(opened, images, *read_calibration(paths))
     np.savez(folder / VALIDATION_SCORES, **arrays)
     return {
         "file": VALIDATION_SCORES,
@@ -297,18 +309,23 @@ def export_scorers(
 
 
 def write_metadata(
-    paths: Paths, entries: dict[str, dict[str, Any]], opened: dict[str, OnnxModel]
+    cfg: Config, paths: Paths, entries: dict[str, dict[str, Any]], opened: dict[str, OnnxModel]
 ) -> None:
     """Every ONNX file describes itself in its ``metadata_props`` (``conversion.describe``,
     beside the scorers' own score, threshold and fpr); written before the files are hashed.
 
-    ``latent_dim`` is the model's own bottleneck: the bundle's latent size, or the denoiser's.
+    ``latent_dim`` is the model's own bottleneck: the bundle's latent size, or the denoiser's,
+    the detector's or its background's.
     """
     latent_dim = entries["vae_decoder"]["inputs"][0]["shape"][-1]
     for role, entry in entries.items():
         dim = latent_dim
         if role == DENOISER:
             dim = json.loads(paths.summary_file(DENOISER).read_text())["latent_dim"]
+        elif role.startswith(DETECTOR):
+            dim = cfg.detector.latent_dim
+        elif role.startswith("background"):
+            dim = cfg.detector.background_latent_dim
         set_metadata(opened[role], describe(role, entry, dim, FORMAT_VERSION))
 
 
@@ -316,7 +333,7 @@ def copy_keras_models(paths: Paths, folder: Path) -> None:
     """Every ``.keras`` file of the models into ``folder/keras/`` as ``<kind>_<name>``."""
     keras_dir = folder / "keras"
     keras_dir.mkdir()
-    for kind in (*KINDS, COMPACT, DENOISER):
+    for kind in (*KINDS, COMPACT, DENOISER, DETECTOR, "background"):
         for path in paths.keras_files(kind):
             shutil.copyfile(path, keras_dir / f"{kind}_{path.name}")
 
@@ -324,7 +341,11 @@ def copy_keras_models(paths: Paths, folder: Path) -> None:
 def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     """Convert, check and write every file of the bundle into ``folder``; returns the manifest."""
     metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
-    missing = [f"{k}.anomaly_threshold" for k in KINDS if f"{k}.anomaly_threshold" not in metrics]
+    missing = [
+        f"{k}.anomaly_threshold"
+        for k in (*KINDS, DETECTOR)
+        if f"{k}.anomaly_threshold" not in metrics
+    ]
     if missing:
         raise ExportError(f"{paths.eval_dir / 'metrics.json'} lacks {missing}; rerun evaluate")
     boxes = json.loads((paths.eval_dir / "latent_boxes.json").read_text())
@@ -354,13 +375,19 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
     )
     scorer_entries, scorers = export_scorers(opened, images, metrics, folder, cfg)
     entries.update(scorer_entries)
+    detector_entries, detector_opened, detector_parity = export_detector(
+        paths, images, folder, cfg, metrics["detector.anomaly_threshold"]
+    )
+    entries.update(detector_entries)
+    opened.update(detector_opened)
+    parity.update(detector_parity)
     opened.update(scorers)
     test_latents = write_test_latents(folder, test_images, test_labels, opened)
-    validation_scores = write_validation_scores(folder, validation_images, opened)
+    validation_scores = write_validation_scores(folder, validation_images, opened, paths)
     for key, entry in entries.items():
         entry.update(opened[key].io_spec())
         entry["opset"] = opened[key].opset
-    write_metadata(paths, entries, opened)
+    write_metadata(cfg, paths, entries, opened)
     copy_keras_models(paths, folder)
     files = {
         p.relative_to(folder).as_posix(): _file_entry(p)
@@ -391,6 +418,8 @@ def build_bundle(cfg: Config, paths: Paths, folder: Path) -> dict[str, Any]:
             "fpr": cfg.evaluate.anomaly_fpr,
             "calibrated_on": "validation split, fp32 Keras models (evaluate stage)",
             "validation_scores": validation_scores,
+            "default": DETECTOR,  # the score Bundle.score and the CLI use unless told otherwise
+            DETECTOR: anomaly_entry(paths, metrics["detector.anomaly_threshold"]),
             **{
                 kind: {"score": SCORES[kind], "threshold": metrics[f"{kind}.anomaly_threshold"]}
                 for kind in KINDS

@@ -4,7 +4,8 @@
     paths.keras_files("vae")     # [vae/model.keras, vae/encoder.keras, vae/decoder.keras]
     models = load_models(paths)  # {"ae_encoder": ..., "vae_decoder": ...}, safe mode
 
-Each stage module (``ingest``, ``train``, ``compact``, ``denoiser``, ``evaluate``, ``bundler``) declares its
+Each stage module (``ingest``, ``train``, ``compact``, ``denoiser``, ``detector``, ``evaluate``,
+``bundler``) declares its
 ``Stage`` beside its ``run``; ``pipeline.runner`` runs them in order. Checksums and atomic
 writes are ``export.files``'.
 """
@@ -31,7 +32,10 @@ KERAS_PARTS = {
     "vae": ("model", "encoder", "decoder"),
     "denoiser": ("model",),
     "compact": ("decoder",),
+    "detector": ("model", "encoder", "decoder"),
+    "background": ("model", "encoder", "decoder"),
 }
+CALIBRATION_FILE = "calibration.json"  # the detector's: how its terms are put on one scale
 HISTORY_FILE = "history.csv"  # one row per epoch
 SUMMARY_FILE = "summary.json"
 PREDICT_BATCH = 1024  # images per Keras predict batch when a stage runs a trained model
@@ -82,6 +86,11 @@ class Paths:
 
     def summary_file(self, kind: str) -> Path:
         return self.model_dir(kind) / SUMMARY_FILE
+
+    @property
+    def detector_calibration(self) -> Path:
+        """The detector's calibration (``export.scoring.Calibration``), beside its models."""
+        return self.model_dir("detector") / CALIBRATION_FILE
 
     def model_files(self, kind: str) -> list[Path]:
         """What the stage that trains ``kind`` writes: its Keras files, history and summary."""

@@ -27,6 +27,10 @@ IO_NAMES = {
     "vae_encoder": ("images", ("z_mean", "z_log_var")),
     "vae_decoder": ("z", ("pixels",)),
     "compact_decoder": ("z", ("pixels",)),
+    "detector_encoder": ("images", ("z_mean", "z_log_var", "class_logits")),
+    "detector_decoder": ("z_class", ("pixels",)),
+    "background_encoder": ("images", ("z_mean", "z_log_var")),
+    "background_decoder": ("z", ("pixels",)),
     "denoiser": ("images", ("pixels",)),
 }
 BATCH_DIM = "batch"
@@ -35,6 +39,7 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(bool)": "bool"}
 INPUT_SCALING = {
     "images": "float32 in [0, 1]; uint8 / 255",
     "z": "float32 latent vectors as the encoder outputs them, unscaled (VAE prior: N(0, I))",
+    "z_class": "float32 [z_mean, one-hot class] as the detector's encoder gives them",
 }
 
 

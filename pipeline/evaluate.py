@@ -42,6 +42,7 @@ from pipeline.common import (
 )
 from pipeline.config import Config, config_to_toml
 from pipeline.data import Splits
+from pipeline.detection import keras_detector_scores, load_detector, read_calibration
 from pipeline.figures import FIGURES, draw_figures, figure_path
 from pipeline.latents import knn_metrics, latent_boxes, latent_gaps, train_latents
 from pipeline.likelihood import bernoulli_entropy, vae_likelihood
@@ -93,6 +94,24 @@ def reconstructions(
         metrics[f"{kind}.anomaly_threshold"] = threshold
         metrics[f"{kind}.test_fpr"] = false_positive_rate(test_out[kind].scores, threshold)
     return test_out, metrics
+
+
+DETECTOR_KINDS = ("detector", "background")
+
+
+def detector_metrics(paths: Paths, data: Splits, fpr: float) -> dict[str, float]:
+    """The detector's (``pipeline.detector``) threshold calibrated on the validation digits
+    and the share of test digits above it: detector.anomaly_threshold, detector.test_fpr."""
+    models = load_detector(paths)
+    calibration, block = read_calibration(paths)
+    threshold = calibrate_threshold(
+        keras_detector_scores(models, data.val_images, calibration, block), fpr
+    )
+    test = keras_detector_scores(models, data.test_images, calibration, block)
+    return {
+        "detector.anomaly_threshold": threshold,
+        "detector.test_fpr": false_positive_rate(test, threshold),
+    }
 
 
 def likelihood_metrics(
@@ -200,6 +219,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, float]:
     test_out, found = reconstructions(models, data, ev.anomaly_fpr)
     test_scores = {kind: out.scores for kind, out in test_out.items()}
     metrics.update(found)
+    metrics.update(detector_metrics(paths, data, ev.anomaly_fpr))
     clock.lap("reconstructions and anomaly thresholds")
 
     metrics.update(
@@ -279,6 +299,12 @@ def evaluate_inputs(paths: Paths) -> list[Path]:
         paths.dataset,
         paths.keras_file("denoiser"),
         paths.keras_file("compact", "decoder"),
+        *(
+            paths.keras_file(kind, part)
+            for kind in DETECTOR_KINDS
+            for part in ("encoder", "decoder")
+        ),
+        paths.detector_calibration,
     ] + [
         path
         for kind in ("ae", "vae")

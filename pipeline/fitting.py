@@ -27,7 +27,7 @@ from pipeline.checkpoint import CheckpointStore, TrainingState, restore_variable
 from pipeline.config import Config
 from pipeline.distribute import describe, get_strategy, jit_supported
 
-KINDS = ("ae", "vae", "denoiser", "compact")  # pipeline.denoiser, pipeline.compact
+KINDS = ("ae", "vae", "denoiser", "compact", "detector", "background")  # see build_model
 CHECKPOINT_DIR = "checkpoint"  # under a model's folder while training; removed when the stage ends
 
 
@@ -61,11 +61,34 @@ def compact_spec(cfg: Config) -> Any:
     )
 
 
+def detector_spec(cfg: Config) -> Any:
+    """The builders' ``DetectorSpec`` from ``[detector]``."""
+    from models import DetectorSpec
+
+    d = cfg.detector
+    return DetectorSpec(
+        latent_dim=d.latent_dim, hidden_units=d.hidden_units, class_weight=d.class_weight
+    )
+
+
+def background_spec(cfg: Config) -> Any:
+    """The background VAE's ``ModelSpec``: the detector's trunk, its own latent (MLP)."""
+    from models import ModelSpec
+
+    d = cfg.detector
+    return ModelSpec(latent_dim=d.background_latent_dim, hidden_units=d.hidden_units)
+
+
 def build_model(kind: str, cfg: Config) -> Any:
     """A fresh, uncompiled model: the AE or VAE of ``[model]``, the denoiser of ``[denoiser]``,
-    the compact decoder of ``[compact]``."""
-    from models import build_autoencoder, build_compact_decoder, build_vae
+    the compact decoder of ``[compact]``, the detector and its background VAE of
+    ``[detector]`` (``pipeline.detector``)."""
+    from models import build_autoencoder, build_compact_decoder, build_detector, build_vae
 
+    if kind == "detector":
+        return build_detector(detector_spec(cfg), seed=cfg.train.seed)
+    if kind == "background":
+        return build_vae(background_spec(cfg), seed=cfg.train.seed, prefix="background")
     if kind == "compact":
         return build_compact_decoder(compact_spec(cfg))
     if kind == "denoiser":
@@ -184,13 +207,44 @@ def add_batch_noise(images: Any, sigma: float, seed: int, step: Any) -> Any:
     return tf.clip_by_value(images + sigma * noise, 0.0, 1.0)
 
 
+def transform_batch(images: Any, name: str, seed: int, step: Any) -> Any:
+    """Each image of a (b, 28, 28) float32 batch with its shape destroyed, its strokes kept,
+    drawn from (seed, step) only (stateless, so a resumed run sees the same draws):
+
+    - ``shuffle4``: its 4 x 4 grid of 7 x 7 patches permuted;
+    - ``dihedral``: one of the 7 other symmetries of the square (rotated or mirrored).
+    """
+    import tensorflow as tf
+
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+    b = tf.shape(images)[0]
+    if name == "shuffle4":
+        patches = tf.reshape(
+            tf.transpose(tf.reshape(images, (b, 4, 7, 4, 7)), (0, 1, 3, 2, 4)), (b, 16, 7, 7)
+        )
+        order = tf.argsort(tf.random.stateless_uniform((b, 16), seed=key, alg="philox"), axis=1)
+        patches = tf.gather(patches, order, batch_dims=1)
+        return tf.reshape(
+            tf.transpose(tf.reshape(patches, (b, 4, 4, 7, 7)), (0, 1, 3, 2, 4)), (b, 28, 28)
+        )
+    if name == "dihedral":
+        turns = [tf.image.rot90(images[..., None], k)[..., 0] for k in range(4)]
+        variants = tf.stack(turns + [tf.transpose(t, (0, 2, 1)) for t in turns], axis=1)
+        which = tf.random.stateless_uniform(
+            (b,), seed=key, minval=1, maxval=8, dtype=tf.int32, alg="philox"
+        )
+        return tf.gather(variants, which, batch_dims=1)
+    raise ValueError(f"transform must be shuffle4 or dihedral, got {name!r}")
+
+
 def make_train_dataset(
     images: np.ndarray,
     batch_size: int,
     seed: int,
     first_epoch: int,
     input_noise: float = 0.0,
-    inputs: np.ndarray | None = None,
+    inputs: Any = None,
+    transform: str | None = None,
 ) -> Any:
     """Endless tf.data of (inputs, images) batches, reshuffled each epoch, starting at
     ``first_epoch``; the inputs are the images themselves unless ``inputs`` (n, ...) are given.
@@ -199,6 +253,9 @@ def make_train_dataset(
     an unbroken run would have seen. Each epoch ends with a (possibly short) last batch.
     input_noise: if > 0, the inputs get fresh clipped Gaussian noise of this sigma, drawn from
     (seed, global batch index) (``add_batch_noise``), so resumed runs see the same noise too.
+    inputs: (n, ...) arrays, or a tuple of them, fed to the model instead of the images.
+    transform: ``transform_batch``'s name: inputs and targets are both the transformed images,
+    freshly drawn for every batch from (seed, global batch index).
     """
     import tensorflow as tf
 
@@ -209,6 +266,13 @@ def make_train_dataset(
         ds = ds.enumerate().map(
             lambda step, pair: (add_batch_noise(pair[0], input_noise, seed, step), pair[1])
         )
+    if transform is not None:
+
+        def transformed(step: Any, pair: Any) -> Any:
+            x = transform_batch(pair[1], transform, seed, step)
+            return x, x
+
+        ds = ds.enumerate().map(transformed)
     if first_epoch:
         ds = ds.skip(first_epoch * steps_per_epoch(len(images), batch_size))
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -330,7 +394,8 @@ def fit_model(
     checkpoint_key: str = "",
     input_noise: float = 0.0,
     val_inputs: np.ndarray | None = None,
-    train_inputs: np.ndarray | None = None,
+    train_inputs: Any = None,
+    transform: str | None = None,
 ) -> tuple[Any, dict[str, list[float]], float]:
     """Build, compile and fit one model under ``cfg.train.strategy``; no file I/O but the checkpoint.
 
@@ -340,7 +405,9 @@ def fit_model(
     input_noise: sigma of the clipped Gaussian noise added to each train batch's inputs (0: none).
     val_inputs: (n_val, 28, 28) validation inputs, e.g. noisy digits (default: ``val_images``).
     train_inputs: (n, ...) the model's inputs for ``train_images`` when they are not the images
-    themselves (the compact decoder: latents (n, d) in, its teacher's pixels as targets).
+    themselves (the compact decoder: latents (n, d) in, its teacher's pixels as targets; the
+    detector: a tuple (images, one-hot labels)); ``val_inputs`` likewise.
+    transform: train on ``transform_batch`` draws of the images (the background VAE).
     Returns (model with the best validation weights, per-epoch history, seconds of training).
     """
     if kind not in KINDS:
@@ -364,6 +431,7 @@ def fit_model(
                     state.epochs_done,
                     input_noise,
                     inputs=train_inputs,
+                    transform=transform,
                 ),
                 steps_per_epoch=steps_per_epoch(len(train_images), cfg.train.batch_size),
                 validation_data=make_dataset(

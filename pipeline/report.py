@@ -55,6 +55,8 @@ METRIC_DOCS: dict[str, str] = {
     "vae.anomaly_threshold": "VAE: score (-ELBO at z_mean, nats) exceeded by the configured share (1%) of validation digits.",
     "ae.test_fpr": "AE: fraction of clean test digits scored above the AE threshold.",
     "vae.test_fpr": "VAE: fraction of clean test digits scored above the VAE threshold.",
+    "detector.anomaly_threshold": "Detector (the bundle's default score): its threshold, calibrated at evaluate.anomaly_fpr on the validation digits.",
+    "detector.test_fpr": "Detector: share of clean test digits above its threshold (the false-positive rate at the calibrated threshold).",
     "ae.noise_auroc": "AE: AUROC of its score separating noisy test digits (Gaussian noise clipped to [0, 1], which also brightens them) from clean ones.",
     "vae.noise_auroc": "VAE: AUROC of its score separating noisy test digits (clipped noise) from clean ones.",
     "ae.noise_auroc_unclipped": "AE: the same AUROC with the same noise left unclipped (zero-mean, brightness unchanged on average).",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
-from pipeline import bundler, compact, denoiser, evaluate, ingest, train
+from pipeline import bundler, compact, denoiser, detector, evaluate, ingest, train
 from pipeline.common import Paths, Stage, library_versions, remove_stale_temporaries
 from pipeline.config import Config, config_to_toml
 
@@ -37,6 +37,7 @@ STAGES: dict[str, Stage] = {
         train.VAE_STAGE,
         compact.STAGE,
         denoiser.STAGE,
+        detector.STAGE,
         evaluate.STAGE,
         bundler.STAGE,
     )

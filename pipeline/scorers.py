@@ -56,18 +56,18 @@ def scorer_metadata(kind: str, threshold: float, fpr: float) -> dict[str, str]:
     }
 
 
-def _opset(proto: Any) -> int:
+def default_opset(proto: Any) -> int:
     return next(int(op.version) for op in proto.opset_import if op.domain in ("", "ai.onnx"))
 
 
-def _model(graph: Any, like: Any) -> Any:
+def model_like(graph: Any, like: Any) -> Any:
     """A ModelProto around ``graph`` with the IR version and default opset of ``like``."""
     from onnx import helper
 
     return helper.make_model(
         graph,
         ir_version=like.ir_version,
-        opset_imports=[helper.make_opsetid("", _opset(like))],
+        opset_imports=[helper.make_opsetid("", default_opset(like))],
         producer_name="mnist-vae",
     )
 
@@ -88,10 +88,10 @@ def _images_fork(like: Any) -> Any:
         [value("images")],
         [value("encoder_images"), value("score_images")],
     )
-    return _model(graph, like)
+    return model_like(graph, like)
 
 
-class _Nodes:
+class Nodes:
     """Collects the nodes and constants of a graph: ``nodes.op("Sub", a, b)`` -> output name."""
 
     def __init__(self, opset: int) -> None:
@@ -139,7 +139,7 @@ def _score_head(kind: str, threshold: float, like: Any) -> Any:
     anomaly; float64 from the casts to the final score, as ``export.scoring`` computes."""
     from onnx import TensorProto, helper
 
-    g = _Nodes(_opset(like))
+    g = Nodes(default_opset(like))
     x = g.double("images", flat=True)
     p = g.double("pixels", flat=True)
     if kind == "ae":
@@ -180,7 +180,7 @@ def _score_head(kind: str, threshold: float, like: Any) -> Any:
         value("anomaly", TensorProto.BOOL, [BATCH_DIM]),
     ]
     graph = helper.make_graph(g.nodes, f"{kind}_score", inputs, outputs, initializer=g.constants)
-    return _model(graph, like)
+    return model_like(graph, like)
 
 
 def build_scorer(kind: str, encoder: Any, decoder: Any, threshold: float, fpr: float) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from export import labelled
-from export.bundle import MODELS
+from export.bundle import DETECTOR, MODELS
 from export.cli.common import Parents
 from export.files import write_json_atomic
 
@@ -62,7 +62,11 @@ def add_parser(sub: Any, parents: Parents) -> None:
         metavar="DIR",
         help="read the calibrated threshold from this bundle's manifest",
     )
-    p.add_argument("--model", choices=MODELS, default="vae", help="whose threshold (--bundle)")
+    p.add_argument(
+        "--model",
+        choices=(DETECTOR, *MODELS),
+        help="whose threshold (--bundle; default: the bundle's default score)",
+    )
     p.add_argument("--threshold", type=float, help="flag score > THRESHOLD instead")
     p.add_argument(
         "--fpr",

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from export.bundle import MODELS
+from export.bundle import DETECTOR
 from export.cli.common import Parents, open_bundle
 
 NAME = "info"
@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
             line += f"  drift max {d['max_abs']:.4f} mean {d['mean_abs']:.5f}"
         print(line)
     a = m["anomaly"]
-    for kind in MODELS:
-        print(
-            f"anomaly     {kind}: {a[kind]['score']} > {a[kind]['threshold']:.6g} (fpr {a['fpr']})"
-        )
+    for kind in bundle.scoring_models:
+        default = " (default)" if kind == bundle.default_model else ""
+        score = "the largest of its calibrated terms" if kind == DETECTOR else a[kind]["score"]
+        print(f"anomaly     {kind}{default}: {score} > {a[kind]['threshold']:.6g} (fpr {a['fpr']})")
     worst = max(v["max_abs_diff"] for v in m["parity"]["models"].values())
     print(f"parity      max |ORT - Keras| {worst:.2e} on {m['parity']['samples']} test digits")
     return 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from export.bundle import MODELS
+from export.bundle import DETECTOR, MODELS
 from export.cli.common import Parents, add_inputs, open_bundle
 from export.inputs import InputError
 from export.scorefile import FORMATS
@@ -23,7 +23,12 @@ MAX_ERROR_LINES = 20  # record errors echoed on stderr; all of them go to the er
 def add_parser(sub: Any, parents: Parents) -> None:
     p = sub.add_parser(NAME, parents=[parents.sessions], help="images -> anomaly scores")
     add_inputs(p)
-    p.add_argument("--model", choices=MODELS, default="vae")
+    p.add_argument(
+        "--model",
+        choices=(DETECTOR, *MODELS),
+        help="whose score: the detector (the default where the bundle has one), or the 2-D "
+        "models' (ae: reconstruction error, vae: negative ELBO)",
+    )
     p.add_argument("--out", help="scores .csv or .parquet (default: CSV on stdout)")
     p.add_argument("--format", choices=FORMATS, help="csv or parquet (default: by suffix)")
     p.add_argument(
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         maps=args.maps,
         echo_errors=MAX_ERROR_LINES,
     )
-    entry = bundle.manifest["anomaly"][args.model]
+    model = bundle.default_model if args.model is None else args.model
     if args.threshold is not None:
         origin = "given by --threshold"
     elif args.fpr is not None:
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         origin = f"calibrated at fpr {bundle.manifest['anomaly']['fpr']}"
     n, share = done.scored, f" ({100 * done.flagged / done.scored:.2f}%)" if done.scored else ""
     print(
-        f"scored {n} images with the {args.model} ({entry['score']}) in {done.seconds:.1f} s "
+        f"scored {n} images with the {model} score in {done.seconds:.1f} s "
         f"({n / max(done.seconds, 1e-9):,.0f} images/s): {done.flagged} anomalies{share} above "
         f"the threshold {done.threshold:.6g} ({origin})"
         + ("" if args.out in (None, "-") else f"; wrote {args.out} ({done.fmt})")

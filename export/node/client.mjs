@@ -14,11 +14,13 @@
 // score: anomaly scores of images read from .npy (uint8 0-255 or float32/float64 in [0, 1],
 //   shaped (28, 28), (784,), (n, 28, 28) or (n, 784)), .pgm (28 x 28, P5 or P2) or text files of
 //   784 numbers per line (all integers: 0-255 grey levels, else floats in [0, 1]), or --pixels
-//   "784 numbers". With the bundle's scorer graph (<model>_scorer) at fp32, the scorer runs;
-//   otherwise the encoder and decoder run and the score is computed here in double precision,
-//   as export/scoring.py does: AE, the mean squared reconstruction error; VAE, the negative ELBO
-//   at z_mean (Bernoulli NLL, pixels clipped to [1e-7, 1 - 1e-7], plus the KL), in nats. Prints
-//   "source[index] score anomaly" per image, or JSON with --json.
+//   "784 numbers". --model: the bundle's default score (the detector, where the bundle has one)
+//   unless --model ae or vae. The detector is scored by its scorer graph (detector_scorer);
+//   the AE and VAE by theirs (<model>_scorer) at fp32, otherwise their encoder and decoder run
+//   and the score is computed here in double precision, as export/scoring.py does: AE, the mean
+//   squared reconstruction error; VAE, the negative ELBO at z_mean (Bernoulli NLL, pixels
+//   clipped to [1e-7, 1 - 1e-7], plus the KL), in nats. Prints "source[index] score anomaly"
+//   per image, or JSON with --json.
 // bench: p50/p99 microseconds of decoding one latent (--calls, after --warmup) with the decoder
 //   that decode would use, as JSON.
 //
@@ -38,7 +40,7 @@ class UsageError extends Error {}
 function parseArgs(argv) {
   const [command, ...rest] = argv;
   const options = {
-    inputs: [], model: "vae", decoder: "full", precision: "fp32", threads: 1, calls: 2000, warmup: 100,
+    inputs: [], model: null, decoder: "full", precision: "fp32", threads: 1, calls: 2000, warmup: 100,
   };
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i];
@@ -53,11 +55,14 @@ function parseArgs(argv) {
     throw new UsageError("usage: client.mjs decode|score|bench --bundle DIR [options]");
   }
   if (!options.bundle) throw new UsageError("--bundle DIR is required");
-  if (!["vae", "ae"].includes(options.model)) throw new UsageError(`--model ${options.model}: vae or ae`);
+  const models = command === "score" ? ["detector", "vae", "ae"] : ["vae", "ae"];
+  if (options.model !== null && !models.includes(options.model)) {
+    throw new UsageError(`--model ${options.model}: ${models.join(" or ")}`);
+  }
   if (!["full", "compact"].includes(options.decoder)) {
     throw new UsageError(`--decoder ${options.decoder}: full or compact`);
   }
-  if (options.decoder === "compact" && options.model !== "vae") {
+  if (options.decoder === "compact" && (options.model ?? "vae") !== "vae") {
     throw new UsageError("--decoder compact decodes the VAE's latents: use --model vae");
   }
   if (!["fp32", "int8"].includes(options.precision)) {
@@ -136,10 +141,18 @@ class Bundle {
     return this.manifest.anomaly[model].threshold;
   }
 
+  // the score used when --model is not given: the bundle's default (the detector)
+  defaultModel() {
+    return this.manifest.anomaly.default ?? "vae";
+  }
+
   // scores (Float64Array of float32 values) of n images (Float32Array n * 784)
   async score(images, n, model, precision) {
     const scorer = `${model}_scorer`;
-    if (precision === "fp32" && this.has(scorer)) {
+    if (model === "detector" && !this.has(scorer)) {
+      throw new UsageError(`${this.dir}: the bundle has no ${scorer}`);
+    }
+    if ((precision === "fp32" || model === "detector") && this.has(scorer)) {
       const out = await this.run(scorer, images, [n, SIDE, SIDE]);
       return { via: scorer, scores: Float64Array.from(out.score.data) };
     }
@@ -344,6 +357,7 @@ async function decode(bundle, o) {
   if (!o.z) throw new UsageError("decode needs --z");
   if (!o.out && !o.json) throw new UsageError("decode needs --out FILE (.npy, .pgm or .png) or --json");
   const { z, n } = parseLatents(o.z, bundle.latentDim);
+  o.model = o.model ?? "vae";
   const pixels = await bundle.decode(z, n, o.model, o.precision, o.decoder);
   if (o.out) {
     const ext = extname(o.out).toLowerCase();
@@ -367,6 +381,7 @@ async function score(bundle, o) {
   if (o.pixels) sources.push({ name: "--pixels", ...asImages(readText(o.pixels, "--pixels"), "--pixels") });
   for (const path of o.inputs) sources.push({ name: path, ...readImages(path) });
   if (!sources.length) throw new UsageError("score needs images: files or --pixels");
+  o.model = o.model ?? bundle.defaultModel();
   const threshold = bundle.threshold(o.model);
   const results = [];
   for (const source of sources) {
@@ -377,12 +392,12 @@ async function score(bundle, o) {
     console.log(JSON.stringify({ model: o.model, precision: o.precision, threshold, results }));
   } else {
     for (const r of results) console.log(`${basename(r.source)}[${r.index}] ${r.score.toPrecision(7)} ${r.anomaly ? 1 : 0}`);
-    console.error(`${results.length} images scored with ${results[0].via}; anomaly: ${bundle.manifest.anomaly[o.model].score} > ${threshold}`);
+    console.error(`${results.length} images scored with ${results[0].via} (${o.model}); anomaly: score > ${threshold}`);
   }
 }
 
 async function bench(bundle, o) {
-  const role = bundle.decoderRole(o.model, o.precision, o.decoder);
+  const role = bundle.decoderRole(o.model ?? "vae", o.precision, o.decoder);
   const session = await bundle.session(role);
   const name = session.inputNames[0];
   let seed = 1;

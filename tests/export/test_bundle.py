@@ -150,15 +150,17 @@ def test_sessions_are_created_once(export_run: Path, test_digits: np.ndarray, mo
         loaded.manifest["models"][role]["file"]
         for role in (
             "ae_encoder", "ae_decoder", "vae_encoder", "vae_decoder", "compact_decoder",
-            "denoiser",
+            "denoiser", "detector_encoder", "detector_decoder", "background_encoder",
+            "background_decoder",
         )
     )  # fmt: skip
+    loaded.score(test_digits[:5])
     loaded.score(test_digits[:5], "vae")
     loaded.score(test_digits[:5], "ae")
     loaded.sample(3)
     loaded.sample(3, decoder="compact")
     loaded.denoise(test_digits[:5])
-    assert len(opened) == 6
+    assert len(opened) == 10
 
 
 def test_tampered_model_is_refused_naming_the_file(export_run: Path, tmp_path: Path):

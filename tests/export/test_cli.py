@@ -91,17 +91,20 @@ def test_score_csv_matches_the_api(bundle_dir: Path, test_npy: Path, tmp_path: P
     assert list(rows[0]) == ["source", "index", "score", "p_value", "anomaly"]
     assert len(rows) == 203
     bundle = Bundle.load(bundle_dir)
-    expected = bundle.score(images, "vae")
+    assert bundle.default_model == "detector"  # the CLI's score unless --model says otherwise
+    expected = bundle.score(images)
     np.testing.assert_allclose([float(r["score"]) for r in rows[:200]], expected, rtol=1e-5)
     np.testing.assert_allclose(
-        [float(r["p_value"]) for r in rows[:200]], bundle.p_values(expected, "vae"), rtol=1e-5
+        [float(r["p_value"]) for r in rows[:200]], bundle.p_values(expected), rtol=1e-5
     )
     assert [int(r["anomaly"]) for r in rows[:200]] == (expected > bundle.threshold()).tolist()
     assert [Path(r["source"]).name for r in rows[200:]] == ["0.png", "1.png", "2.png"]
     np.testing.assert_allclose([float(r["score"]) for r in rows[200:]], expected[:3], rtol=1e-5)
     stdout = cli(["score", "--bundle", bundle_dir, "--model", "ae", str(test_npy)], tmp_path)
     assert len(stdout.stdout.strip().splitlines()) == 201
-    assert "scored 200 images with the ae" in stdout.stderr
+    assert "scored 200 images with the ae score" in stdout.stderr
+    ae = np.array([float(line.split(",")[2]) for line in stdout.stdout.splitlines()[1:]])
+    np.testing.assert_allclose(ae, bundle.score(images, "ae"), rtol=1e-5)
 
 
 def test_bad_input_and_tampered_bundle_exit_2(bundle_dir: Path, tmp_path: Path):

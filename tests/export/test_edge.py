@@ -42,11 +42,23 @@ def edge_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
-def inputs_for(role: str, bundle: Bundle, digits: np.ndarray) -> np.ndarray:
-    """Test digits for an image model; their latents and prior draws for a decoder."""
-    if "_decoder" in role:
+def inputs_for(
+    role: str, session: ort.InferenceSession, bundle: Bundle, digits: np.ndarray
+) -> np.ndarray:
+    """Test digits for an image model; their latents and prior draws for a decoder of the
+    bundle's latent; seeded draws for the detector's decoders (``export.edge.sample_inputs``)."""
+    from export.edge import sample_inputs
+
+    if role in (
+        "ae_decoder",
+        "ae_decoder_int8",
+        "vae_decoder",
+        "vae_decoder_int8",
+    ) or role.startswith("compact"):
         model = "ae" if role.startswith("ae_") else "vae"  # the compact decoder reads the VAE's
         return np.concatenate([bundle.encode(digits, model), bundle.prior_latents(64, seed=5)])
+    if session.get_inputs()[0].name != "images":
+        return sample_inputs(session, bundle.latent_dim, 64)
     return digits
 
 
@@ -67,7 +79,7 @@ def test_every_model_has_an_ort_file_with_the_onnx_outputs(
         )
         b = ort.InferenceSession(str(edge_dir / entry["file"]), providers=["CPUExecutionProvider"])
         assert [o.name for o in b.get_outputs()] == [o.name for o in a.get_outputs()]
-        x = inputs_for(role, bundle, digits)
+        x = inputs_for(role, a, bundle, digits)
         feed = {a.get_inputs()[0].name: x}
         for u, v in zip(a.run(None, feed), b.run(None, feed), strict=True):
             assert u.shape == v.shape and u.dtype == v.dtype, role

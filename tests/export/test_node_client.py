@@ -81,7 +81,7 @@ def check_scores(folder: Path, digits: np.ndarray, tmp_path: Path) -> None:
               "rows.txt": digits[:3], "--pixels": digits[1:2]}  # fmt: skip
     for precision in ("fp32", "int8"):
         bundle = Bundle.load(folder, precision)
-        for model in ("vae", "ae"):
+        for model in ("detector", "vae", "ae"):
             proc = node(
                 ["score", "--bundle", str(folder), "--model", model, "--precision", precision,
                  "--json", "--pixels", pixels_arg,
@@ -250,11 +250,15 @@ def test_a_scorer_graph_is_run_when_the_bundle_has_one(
     images = digits.astype(np.float32) / np.float32(255.0)
     for precision, expected, via in (
         ("fp32", images.sum(axis=(1, 2), dtype=np.float32), "vae_scorer"),
-        ("int8", Bundle.load(bundle_dir, "int8").score(digits), "vae_encoder + vae_decoder_int8"),
+        (
+            "int8",
+            Bundle.load(bundle_dir, "int8").score(digits, "vae"),
+            "vae_encoder + vae_decoder_int8",
+        ),
     ):
         proc = node(
-            ["score", "--bundle", str(copy), "--precision", precision, "--json",
-             str(tmp_path / "digits.npy")],
+            ["score", "--bundle", str(copy), "--model", "vae", "--precision", precision,
+             "--json", str(tmp_path / "digits.npy")],
             tmp_path,
         )  # fmt: skip
         rows = json.loads(proc.stdout)["results"]

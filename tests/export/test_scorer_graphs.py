@@ -19,6 +19,7 @@ from export.bundle import Bundle
 from export.inputs import as_images
 
 KINDS = ("ae", "vae")
+SCORED = ("detector", *KINDS)  # the detector's graph is the default score's
 RTOL = 1e-4  # the scorer's score against Bundle.score, relative
 
 
@@ -46,7 +47,7 @@ def _metadata(path: Path) -> dict[str, str]:
     return session.get_modelmeta().custom_metadata_map
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCORED)
 def test_scorer_gives_bundle_score_and_flags(
     bundle: Bundle, test_digits: np.ndarray, corrupted: np.ndarray, kind: str
 ):
@@ -72,7 +73,7 @@ def test_scorer_gives_bundle_score_and_flags(
     assert damaged.mean() > clean.mean()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCORED)
 def test_scorer_batch_axis_is_dynamic(bundle: Bundle, test_digits: np.ndarray, kind: str):
     digits = as_images(test_digits)
     session = _session(bundle, kind)
@@ -88,12 +89,19 @@ def test_every_onnx_file_describes_itself(bundle: Bundle, export_run: Path):
     files = sorted(p.name for p in bundle.directory.glob("*.onnx"))
     assert files == sorted(roles)  # every ONNX file of the bundle is a listed model
     assert {"ae_scorer", "vae_scorer"} <= set(manifest["models"])
-    denoiser_dim = json.loads((export_run / "denoiser" / "summary.json").read_text())["latent_dim"]
+    dims = {
+        "denoiser": json.loads((export_run / "denoiser" / "summary.json").read_text())[
+            "latent_dim"
+        ],
+        # the detector's latent: its decoder reads [z, the one-hot of 10 classes]
+        "detector": manifest["models"]["detector_decoder"]["inputs"][0]["shape"][-1] - 10,
+        "background": manifest["models"]["background_decoder"]["inputs"][0]["shape"][-1],
+    }
     for name in files:
         role, entry = roles[name], manifest["models"][roles[name]]
         meta = _metadata(bundle.directory / name)
         assert meta["role"] == role and meta["precision"] == entry["precision"], name
-        expected_dim = denoiser_dim if role == "denoiser" else manifest["latent_dim"]
+        expected_dim = dims.get(role.split("_")[0], manifest["latent_dim"])
         assert int(meta["latent_dim"]) == expected_dim, name
         assert int(meta["bundle_format_version"]) == manifest["format_version"]
         shape = ",".join("n" if d == "batch" else str(d) for d in entry["inputs"][0]["shape"])
@@ -101,8 +109,12 @@ def test_every_onnx_file_describes_itself(bundle: Bundle, export_run: Path):
         if meta["input"] == "images":
             assert meta["input_shape"] == "n,28,28"
             assert meta["input_scaling"] == "float32 in [0, 1]; uint8 / 255"
+        elif meta["input"] == "z_class":
+            assert meta["input_shape"] == f"n,{dims['detector'] + 10}"
         else:
-            assert meta["input_shape"] == f"n,{manifest['latent_dim']}"
+            assert (
+                meta["input_shape"] == f"n,{dims.get(role.split('_')[0], manifest['latent_dim'])}"
+            )
         assert meta["input_scaling"]
     for kind in KINDS:
         meta = _metadata(bundle.directory / manifest["models"][f"{kind}_scorer"]["file"])
@@ -135,16 +147,24 @@ def test_manifest_lists_the_scorers(bundle: Bundle):
 def test_bundle_without_scorers_still_loads(
     bundle: Bundle, test_digits: np.ndarray, tmp_path: Path
 ):
-    """A bundle exported before the scorers existed loads and scores as before."""
+    """A bundle exported before the scorers and the detector existed loads and scores as before,
+    its default score the VAE's."""
     digits = as_images(test_digits)
     folder = Path(shutil.copytree(bundle.directory, tmp_path / "bundle"))
     manifest = json.loads((folder / "manifest.json").read_text())
-    for kind in KINDS:
-        name = manifest["models"].pop(f"{kind}_scorer")["file"]
+    detector = ["detector_scorer", "detector_encoder", "detector_decoder", "background_encoder",
+                "background_decoder"]  # fmt: skip
+    for role in [f"{kind}_scorer" for kind in KINDS] + detector:
+        name = manifest["models"].pop(role)["file"]
         del manifest["files"][name]
         (folder / name).unlink()
+    del manifest["anomaly"]["detector"], manifest["anomaly"]["default"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     older = Bundle.load(folder)
+    assert older.default_model == "vae" and older.scoring_models == ("ae", "vae")
+    np.testing.assert_array_equal(older.score(digits), bundle.score(digits, "vae"))
+    with pytest.raises(ValueError, match="model must be one of"):
+        older.score(digits, "detector")
     for kind in KINDS:
         np.testing.assert_array_equal(older.score(digits, kind), bundle.score(digits, kind))
     info = run_export_cli(["info", "--bundle", str(folder)], tmp_path).stdout

@@ -234,7 +234,7 @@ def test_score_skips_bad_records_writes_errors_and_exits_1(bundle_dir, test_digi
     )
     assert proc.returncode == 1, proc.stderr
     assert "skipped: bad.npy[7]: pixel value nan" in proc.stderr
-    assert "scored 249 images with the vae (negative_elbo)" in proc.stderr
+    assert "scored 249 images with the detector score" in proc.stderr
     assert "1 records failed and were skipped; see out/scores.errors.csv" in proc.stderr
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
     rows = _rows(tmp_path / "out" / "scores.csv")

@@ -25,15 +25,22 @@ NAMES = {
     "vae_decoder": (["z"], ["pixels"]),
     "compact_decoder": (["z"], ["pixels"]),
     "denoiser": (["images"], ["pixels"]),
+    "detector_encoder": (["images"], ["z_mean", "z_log_var", "class_logits"]),
+    "detector_decoder": (["z_class"], ["pixels"]),
+    "background_encoder": (["images"], ["z_mean", "z_log_var"]),
+    "background_decoder": (["z"], ["pixels"]),
 }
-SCORERS = {f"{kind}_scorer": (["images"], ["score", "anomaly"]) for kind in ("ae", "vae")}
+SCORERS = {
+    f"{kind}_scorer": (["images"], ["score", "anomaly"]) for kind in ("ae", "vae", "detector")
+}
 
 
 def test_onnx_models_have_readable_names_dynamic_batch_and_opset(smoke_run: Path):
     import onnx
 
     for role, (inputs, outputs) in {**NAMES, **SCORERS}.items():
-        for suffix in (".onnx", ".int8.onnx") if role.endswith("decoder") else (".onnx",):
+        int8 = role in ("ae_decoder", "vae_decoder", "compact_decoder")  # the digits' decoders
+        for suffix in (".onnx", ".int8.onnx") if int8 else (".onnx",):
             model = onnx.load(smoke_run / "export" / f"{role}{suffix}")
             onnx.checker.check_model(model)
             assert [i.name for i in model.graph.input] == inputs, role

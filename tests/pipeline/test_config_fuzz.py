@@ -108,12 +108,14 @@ SIZE_KEYS = [
     for s, k in KEYS
     if SCHEMA[s][k] is int
     and k not in ("seed", "patience", "opset", "warmup_epochs")
-    and (s, k) not in (("compact", "rank"), ("compact", "prior_draws"))  # 0 means none
-] + [
+    and (s, k)
+    not in (("compact", "rank"), ("compact", "prior_draws"), ("detector", "coarse_block"))
+] + [  # 0 means none for compact.rank, compact.prior_draws and detector.coarse_block
     ("model", "hidden_units"),
     ("model", "conv_filters"),
     ("denoiser", "hidden_units"),
     ("compact", "hidden_units"),
+    ("detector", "hidden_units"),
 ]
 
 

@@ -38,6 +38,8 @@ def _copy_run(smoke_run: Path, dest: Path, parts: tuple[str, ...]) -> Path:
             "vae": "train_vae",
             "compact": "train_compact",
             "denoiser": "train_denoiser",
+            "detector": "train_detector",
+            "background": "train_detector",
             "eval": "evaluate",
         }[part]
         shutil.copy(smoke_run / "stages" / f"{stage}.json", dest / "stages")

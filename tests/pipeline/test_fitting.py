@@ -108,3 +108,32 @@ def test_dropout_layers_only_when_asked_and_rejected_out_of_range():
     np.testing.assert_array_equal(dropped(x, training=False), dropped(x, training=False))
     with pytest.raises(ValueError, match="dropout=1.0"):
         ModelSpec(dropout=1.0)
+
+
+def test_background_transforms_keep_the_strokes_and_lose_the_shape():
+    """shuffle4 permutes each digit's 4 x 4 grid of 7 x 7 patches, dihedral turns or mirrors it
+    (never the identity); both draws are functions of (seed, step) only."""
+    import tensorflow as tf
+
+    from pipeline.fitting import transform_batch
+
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 28, 28)).astype(np.float32)
+    shuffled = transform_batch(tf.constant(images), "shuffle4", 3, 5).numpy()
+    for x, y in zip(images, shuffled, strict=True):
+        patches = sorted(x.reshape(4, 7, 4, 7).transpose(0, 2, 1, 3).reshape(16, -1).tolist())
+        assert patches == sorted(
+            y.reshape(4, 7, 4, 7).transpose(0, 2, 1, 3).reshape(16, -1).tolist()
+        )
+        assert not np.array_equal(x, y)
+    turned = transform_batch(tf.constant(images), "dihedral", 3, 5).numpy()
+    for x, y in zip(images, turned, strict=True):
+        symmetries = [np.rot90(x, k) for k in range(4)] + [np.rot90(x, k).T for k in range(4)]
+        matches = [k for k, s in enumerate(symmetries) if np.array_equal(s, y)]
+        assert matches and matches != [0]
+    again = transform_batch(tf.constant(images), "shuffle4", 3, 5).numpy()
+    np.testing.assert_array_equal(again, shuffled)
+    other = transform_batch(tf.constant(images), "shuffle4", 3, 6).numpy()
+    assert not np.array_equal(other, shuffled)
+    with pytest.raises(ValueError, match="shuffle4 or dihedral"):
+        transform_batch(tf.constant(images), "blur", 3, 5)

@@ -39,21 +39,43 @@ def splits(smoke_run: Path) -> tuple[np.ndarray, np.ndarray]:
     return load_split(dataset, "train")[0], load_split(dataset, "validation")[0]
 
 
-@pytest.mark.parametrize(("kind", "jit"), [("ae", "false"), ("vae", "true"), ("denoiser", "false")])
-def test_resumed_fit_equals_unbroken_fit(splits, tmp_path, kind, jit):
+@pytest.fixture(scope="module")
+def labels(smoke_run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot labels of the train and validation digits, for the detector's fit."""
+    dataset = smoke_run / "data" / "mnist.npz"
+    return tuple(
+        np.eye(10, dtype=np.float32)[load_split(dataset, s)[1]] for s in ("train", "validation")
+    )
+
+
+def extras(kind: str, train: np.ndarray, val: np.ndarray, labels) -> dict:
+    """What each kind's fit reads beside the digits: the denoiser's noise, the detector's
+    labels, the background's transform."""
+    if kind == "denoiser":
+        return {"input_noise": 0.3, "val_inputs": add_noise(val, 0.3, seed=5)}
+    if kind == "detector":
+        return {"train_inputs": (train, labels[0]), "val_inputs": (val, labels[1])}
+    if kind == "background":
+        return {"transform": "shuffle4"}
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("kind", "jit"),
+    [("ae", "false"), ("vae", "true"), ("denoiser", "false"), ("detector", "true"),
+     ("background", "false")],
+)  # fmt: skip
+def test_resumed_fit_equals_unbroken_fit(splits, labels, tmp_path, kind, jit):
     """Interrupted after epoch 1, resumed and interrupted again after the last epoch (before the
     artifacts), resumed again: the same history and weights as one unbroken fit. The denoiser's
-    train batches carry fresh input noise, which a resumed run must draw exactly the same."""
+    train batches carry fresh input noise, the background's fresh shuffles of its digits, which
+    a resumed run must draw exactly the same; the detector reads labels beside its digits."""
     train, val = splits
     cfg = load_config(
         SMOKE_CONFIG,
         ["train.epochs=3", "train.patience=2", "train.verbose=quiet", f"train.jit_compile={jit}"],
     )
-    noise = (
-        {"input_noise": 0.3, "val_inputs": add_noise(val, 0.3, seed=5)}
-        if kind == "denoiser"
-        else {}
-    )
+    noise = extras(kind, train, val, labels)
     unbroken, unbroken_history, _ = fit_model(kind, cfg, train, val, **noise)
     folder = tmp_path / "checkpoint"
     for stop_after in (1, 3):

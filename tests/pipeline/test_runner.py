@@ -250,16 +250,18 @@ def test_paths_layout():
 
 
 def test_runner_runs_the_stages_their_modules_declare_in_pipeline_order():
-    from pipeline import bundler, compact, denoiser, evaluate, ingest, runner, train
+    from pipeline import bundler, compact, denoiser, detector, evaluate, ingest, runner, train
 
     declared = [ingest.STAGE, train.AE_STAGE, train.VAE_STAGE, compact.STAGE, denoiser.STAGE]
-    assert list(runner.STAGES.values()) == [*declared, evaluate.STAGE, bundler.STAGE]
+    declared += [detector.STAGE, evaluate.STAGE, bundler.STAGE]
+    assert list(runner.STAGES.values()) == declared
     assert list(runner.STAGES) == [
         "ingest",
         "train_ae",
         "train_vae",
         "train_compact",
         "train_denoiser",
+        "train_detector",
         "evaluate",
         "export",  # the CLI name of the stage in pipeline.bundler
     ]
@@ -268,4 +270,9 @@ def test_runner_runs_the_stages_their_modules_declare_in_pipeline_order():
         assert runner.STAGES[f"train_{kind}"].outputs(paths) == paths.model_files(kind)
     assert runner.STAGES["train_denoiser"].outputs(paths) == paths.model_files("denoiser")
     assert runner.STAGES["train_compact"].outputs(paths) == paths.model_files("compact")
+    assert runner.STAGES["train_detector"].outputs(paths) == [
+        *paths.model_files("detector"),
+        *paths.model_files("background"),
+        Path("x/detector/calibration.json"),
+    ]
     assert paths.model_files("compact")[0] == Path("x/compact/decoder.keras")
