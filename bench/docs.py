@@ -115,6 +115,9 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
                           "bench.one_class"),
     "corruptions": ("corruptions", "corruptions.md", "python -m bench.corruptions --run artifacts",
                     "bench.corruptions"),
+    "anomaly detection": ("anomaly", "anomaly.md",
+                          "python -m bench.anomaly choose|report --run artifacts",
+                          "bench.anomaly"),
     "kill-and-resume soak": ("soak", "soak.md", "python -m bench.soak --kills 100",
                              "bench.soak.report"),
 }  # fmt: skip
@@ -190,6 +193,8 @@ BLOCKS: dict[str, tuple[str | None, Callable[[Any], str]]] = {
     "one-class": ("one_class", one_class_block),
     "corruptions": ("corruptions", script_block("bench.corruptions")),
     "corruptions-findings": ("corruptions", script_block("bench.corruptions", "findings")),
+    "anomaly-choice": ("anomaly_choice", script_block("bench.anomaly", "render_choice")),
+    "anomaly": ("anomaly", script_block("bench.anomaly")),
     "soak": ("soak", script_block("bench.soak.report")),
     "benchmarks-index": (None, lambda _: index_block()),
     "machines": (None, lambda _: machines_block()),
