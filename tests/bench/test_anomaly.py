@@ -112,3 +112,20 @@ def test_render_puts_every_score_side_by_side_and_marks_the_default(measured):
         assert f"| {name} " in text, name
     assert "detector AUROC" in text and "ae flagged" in text
     assert anomaly.index_line(report).startswith("detector: letters ")
+
+
+def test_the_config_defaults_are_the_candidate_the_protocol_chose():
+    """The committed choice (bench/results/anomaly_choice.json) decided [detector]'s defaults."""
+    import json
+
+    from bench.common import REPO
+    from pipeline.config import load_config
+
+    choice = json.loads(anomaly.CHOICE.read_text())
+    assert choice["split"] == "validation" and choice["chosen"] in choice["candidates"]
+    assert anomaly.pick(choice["candidates"]) == choice["chosen"]
+    assert anomaly.label_of(load_config(None).detector) == choice["chosen"]
+    assert (
+        anomaly.label_of(load_config(REPO / "configs" / "default.toml").detector)
+        == choice["chosen"]
+    )
