@@ -194,26 +194,29 @@ def export_sizes_block(run: dict[str, Any]) -> str:
         "| model | fp32 | int8 | int8 method | mean drift | max drift (one batch) | max drift (one latent at a time) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for kind in ("vae", "ae"):
-        fp32 = files[models[f"{kind}_decoder"]["file"]]["bytes"]
-        int8_model = models.get(f"{kind}_decoder_int8")
-        if int8_model is None:
+    names = {"vae_decoder": "VAE decoder", "ae_decoder": "AE decoder",
+             "compact_decoder": "compact decoder"}  # fmt: skip
+    for role, name in names.items():
+        int8_model = models.get(f"{role}_int8")
+        if role not in models or int8_model is None:
             continue
+        fp32 = files[models[role]["file"]]["bytes"]
         int8, drift = files[int8_model["file"]]["bytes"], int8_model["drift_vs_fp32"]
         method = int8_model.get("quantization_choice", {}).get("method", "dynamic")
         lines.append(
-            f"| {kind.upper()} decoder | {fp32:,} B | {int8:,} B ({int8 / fp32:.0%}) | `{method}` | "
+            f"| {name} | {fp32:,} B | {int8:,} B ({int8 / fp32:.0%}) | `{method}` | "
             f"{drift['mean_abs']:.5f} | {drift['max_abs']:.4f} | {drift['max_abs_one_at_a_time']:.4f} |"
         )
     parity = manifest["parity"]
     worst = max(parity["models"].items(), key=lambda item: item[1]["worst_ratio_to_tolerance"])
+    largest = max(parity["models"].items(), key=lambda item: item[1]["max_abs_diff"])
     lines += [
         "",
         f"Parity on {parity['samples']:,} test digits: the largest ORT-Keras difference of any "
-        f"model is {max(m['max_abs_diff'] for m in parity['models'].values()):.2g} "
-        f"({worst[0]}: {worst[1]['worst_ratio_to_tolerance']:.0%} of its allowance).",
+        f"model is {largest[1]['max_abs_diff']:.2g} ({largest[0]}); the closest to its allowance "
+        f"is {worst[0]} ({worst[1]['worst_ratio_to_tolerance']:.0%} of it).",
     ]
-    scorers = [f"{k}_scorer" for k in ("vae", "ae") if f"{k}_scorer" in models]
+    scorers = [f"{k}_scorer" for k in ("detector", "vae", "ae") if f"{k}_scorer" in models]
     if scorers:
         sizes = ", ".join(
             f"`{models[s]['file']}` {files[models[s]['file']]['bytes'] / 1e6:.1f} MB"

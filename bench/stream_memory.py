@@ -2,7 +2,7 @@
 file, and on 10,000,000 (the same memory-mapped file given ten times): memory must stay flat,
 and the stream must keep up with ``Bundle.score`` on in-memory batches (measured in the run).
 
-    python -m bench.stream_memory --run artifacts            # ~0.8 GB of scratch disk
+    python -m bench.stream_memory --run artifacts            # the default score; ~0.8 GB of scratch disk
     python -m bench.stream_memory --run /tmp/full --repeats 1 --model ae
 
 Builds the .npy (uint8, the 10,000 test digits tiled) in a temporary folder (``--dir``),
@@ -14,6 +14,7 @@ deletes everything it wrote. Writes ``bench/results/stream_memory.json`` (``--js
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -101,6 +102,12 @@ def in_memory_rate(
     return float(proc.stdout.strip())
 
 
+def default_model(run: Path) -> str:
+    """The bundle's default score ("detector" where it has one), from its manifest."""
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    return manifest["anomaly"].get("default", "vae")
+
+
 def render(report: dict[str, Any]) -> str:
     """The run's description and table, from its result file."""
     results, baseline = report["results"], report["in_memory_images_per_s"]
@@ -154,7 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         help="score the .npy given this many times on one command line, for each count "
         "(1,10: 1,000,000 then 10,000,000 images)",
     )
-    parser.add_argument("--model", choices=("ae", "vae"), default="vae")
+    parser.add_argument(
+        "--model",
+        choices=("detector", "ae", "vae"),
+        help="whose score (default: the bundle's default score)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: /tmp)")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--json", type=Path, default=result_path("stream_memory"))
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()
     repeats = [int(r) for r in args.repeats.split(",")]
     run = args.run.resolve()
+    model = args.model or default_model(run)
     digits = load_uint8(run, "test")
     scratch = Path(tempfile.mkdtemp(prefix="stream-memory-", dir=args.dir))
     results = []
@@ -176,9 +188,9 @@ def main(argv: list[str] | None = None) -> None:
                 fh.write(digits[: min(len(digits), args.images - start)].tobytes())
         size = big.stat().st_size
         baseline_images = min(args.images, 100_000)
-        baseline = in_memory_rate(run, big, baseline_images, args.batch_size, args.model)
+        baseline = in_memory_rate(run, big, baseline_images, args.batch_size, model)
         for count in repeats:
-            result = score_once(run, [big] * count, args.model, args.batch_size, scratch / "s.csv")
+            result = score_once(run, [big] * count, model, args.batch_size, scratch / "s.csv")
             if result["rows"] != count * args.images:
                 raise SystemExit(f"scored {result['rows']} rows, expected {count * args.images}")
             results.append({"repeats": count, "images": count * args.images, **result})
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "machine": machine(),
         "command": command_line(),
-        "model": args.model,
+        "model": model,
         "batch_size": args.batch_size,
         "npy_images": args.images,
         "npy_bytes": size,

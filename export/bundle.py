@@ -323,8 +323,9 @@ class Bundle:
 
         AE: the squared error (x - x_hat)^2, whose mean over the image is the AE score. VAE:
         -log p(x_ij | z_mean), in nats, whose sum over the image plus the image's KL term is the
-        VAE score. Detector: the same for its class-conditional VAE (its negative ELBO term). ``export.scoring.top_fraction_mean(maps, 0.05)`` aggregates them into a
-        second score that a small defect moves more.
+        VAE score. Detector: the same for its class-conditional VAE (its negative ELBO term).
+        ``export.scoring.top_fraction_mean(maps, 0.05)`` aggregates them into a second score
+        that a small defect moves more.
         """
         return self.score_and_maps(images, model, maps=True)[1]
 

@@ -35,6 +35,7 @@ from pipeline.fitting import (
     CHECKPOINT_DIR,
     checkpoint_key,
     fit_model,
+    fit_summary,
     history_csv,
     save_keras_atomic,
 )
@@ -129,20 +130,11 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     write_text_atomic(paths.history_file(KIND), history_csv(history, None))
     pixels = model.predict(z_val, batch_size=PREDICT_BATCH * 8, verbose=0)
     distance = np.abs(pixels - val_targets)
-    best = int(np.argmin(history["val_loss"]))
     n_val = len(val_mean)
     summary = {
-        "model": KIND,
-        "parameters": int(model.count_params()),
-        "epochs_run": len(history["loss"]),
-        "best_epoch": best + 1,
-        "best_val_loss": float(history["val_loss"][best]),
-        "train_loss_at_best": float(history["loss"][best]),
+        **fit_summary(KIND, model, history, seconds, cfg.train.jit_compile),
         "loss": "summed Bernoulli cross-entropy to the VAE decoder's pixels over 784 pixels, "
         "nats/latent",
-        "seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, len(history["loss"])), 3),
-        "jit_compile": cfg.train.jit_compile,
         "distillation_latents": len(z_train),
         # |compact - VAE decoder| per pixel on the validation digits' z_mean and prior draws
         "val_mean_abs_diff": float(distance[:n_val].mean()),

@@ -20,8 +20,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from export.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.checkpoint import CheckpointStore
 from pipeline.common import Paths, Stage, denoise
@@ -31,6 +29,7 @@ from pipeline.fitting import (
     CHECKPOINT_DIR,
     checkpoint_key,
     fit_model,
+    fit_summary,
     history_csv,
     save_keras_atomic,
 )
@@ -91,19 +90,10 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     write_text_atomic(paths.history_file(KIND), history_csv(history, None))
     noisy_psnr = psnr(val_images, val_noisy)
     val_gain = psnr(val_images, denoise(model, val_noisy)) - noisy_psnr
-    best = int(np.argmin(history["val_loss"]))
     summary = {
-        "model": KIND,
-        "parameters": int(model.count_params()),
-        "epochs_run": len(history["loss"]),
-        "best_epoch": best + 1,
-        "best_val_loss": float(history["val_loss"][best]),
-        "train_loss_at_best": float(history["loss"][best]),
+        **fit_summary(KIND, model, history, seconds, cfg.train.jit_compile),
         "loss": "summed Bernoulli NLL of the clean digit over 784 pixels given the noisy one, "
         "nats/image",
-        "seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, len(history["loss"])), 3),
-        "jit_compile": cfg.train.jit_compile,
         "latent_dim": d.latent_dim,
         "hidden_units": list(d.hidden_units),
         "noise_sigma": d.noise_sigma,

@@ -49,6 +49,7 @@ from pipeline.fitting import (
     CHECKPOINT_DIR,
     checkpoint_key,
     fit_model,
+    fit_summary,
     history_csv,
     save_keras_atomic,
     transform_batch,
@@ -105,18 +106,9 @@ def fit_and_save(
         paths.history_file(kind), history_csv(history, 1.0 if kind == "background" else None)
     )
     CheckpointStore(checkpoint_dir, "").clear()
-    best = int(np.argmin(history["val_loss"]))
     return {
-        "model": kind,
-        "parameters": int(model.count_params()),
-        "epochs_run": len(history["loss"]),
+        **fit_summary(kind, model, history, seconds, cfg.train.jit_compile),
         "epoch_budget": epochs,
-        "best_epoch": best + 1,
-        "best_val_loss": float(history["val_loss"][best]),
-        "train_loss_at_best": float(history["loss"][best]),
-        "seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, len(history["loss"])), 3),
-        "jit_compile": cfg.train.jit_compile,
         "history": history,
     }
 

@@ -16,11 +16,11 @@ import numpy as np
 from export import scoring
 from pipeline.common import Paths
 from pipeline.config import Config
-from pipeline.conversion import ExportError, OnnxModel, export_checked
+from pipeline.conversion import OnnxModel, export_checked
 from pipeline.detection import keras_reconstruction, load_detector, read_calibration
 from pipeline.detector_graph import DEFINITION, PARTS, build_detector_scorer
 from pipeline.measures import add_noise
-from pipeline.scorers import CHECK_NOISE_SIGMA, SCORE_RTOL
+from pipeline.scorers import CHECK_NOISE_SIGMA, compare_scorer
 
 ROLE = "detector_scorer"
 
@@ -43,32 +43,11 @@ def onnx_detector_scores(
 def check_detector_scorer(
     scorer: OnnxModel, expected: np.ndarray, images: np.ndarray, threshold: float
 ) -> dict[str, Any]:
-    """The graph's scores and flags against ``expected`` (n,); raise ``ExportError`` unless every
-    score is within ``SCORE_RTOL`` relative and every flag equals expected > threshold (where
-    the expected score is not within that tolerance of the threshold)."""
-    score, anomaly = scorer.run(images)
-    ref = expected.astype(np.float64)
-    rel = np.abs(score.astype(np.float64) - ref) / np.maximum(
-        np.abs(ref), np.finfo(np.float32).tiny
-    )
-    worst = float(rel.max(initial=0.0))
-    flags = expected > np.float32(threshold)
-    mismatched = anomaly != flags
-    near = np.abs(ref - np.float32(threshold)) <= SCORE_RTOL * abs(threshold)
-    if not worst <= SCORE_RTOL or np.any(mismatched & ~near):
-        raise ExportError(
-            f"{ROLE}: the scorer differs from export.scoring on {len(images)} digits: max "
-            f"relative score difference {worst:.3g} (allowed {SCORE_RTOL:g}), "
-            f"{int(mismatched.sum())} anomaly flags differ; nothing written"
-        )
-    return {
-        "against": "export.scoring.detector_score on the four fp32 models' sessions",
-        "inputs": len(images),
-        "max_rel_diff": worst,
-        "rtol": SCORE_RTOL,
-        "anomaly_mismatches": int(mismatched.sum()),
-        "flagged": int(flags.sum()),
-    }
+    """The graph's scores and flags against ``expected`` (n,) (``pipeline.scorers.compare_scorer``)."""
+    return compare_scorer(
+        ROLE, scorer, expected, images, threshold,
+        "export.scoring.detector_score on the four fp32 models' sessions",
+    )  # fmt: skip
 
 
 def export_detector(

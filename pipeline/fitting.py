@@ -187,6 +187,26 @@ def history_csv(history: dict[str, list[float]], beta: float | None) -> str:
     return buf.getvalue()
 
 
+def fit_summary(
+    kind: str, model: Any, history: dict[str, list[float]], seconds: float, jit_compile: bool
+) -> dict[str, Any]:
+    """What every training stage's ``summary.json`` says of a fit: the model's size, the epochs
+    run, the best epoch (the weights kept) with its losses, and the time."""
+    best = int(np.argmin(history["val_loss"]))
+    epochs_run = len(history["loss"])
+    return {
+        "model": kind,
+        "parameters": int(model.count_params()),
+        "epochs_run": epochs_run,
+        "best_epoch": best + 1,
+        "best_val_loss": float(history["val_loss"][best]),
+        "train_loss_at_best": float(history["loss"][best]),
+        "seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / max(1, epochs_run), 3),
+        "jit_compile": jit_compile,
+    }
+
+
 def save_keras_atomic(model: Any, target: Path) -> None:
     with atomic_path(target) as tmp:
         model.save(tmp)

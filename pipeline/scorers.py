@@ -245,14 +245,28 @@ def check_scorer(
     images: np.ndarray,
     threshold: float,
 ) -> dict[str, Any]:
-    """Compare the scorer with ``reference_scores`` on ``images``; raise ``ExportError`` unless
-    every score is within ``SCORE_RTOL`` (relative) and every flag equals ``reference >
-    threshold`` (a flag may differ only where the reference lies within that tolerance of the
-    threshold). Returns the check's record for the manifest."""
+    """Compare the scorer with ``reference_scores`` on ``images`` (``compare_scorer``)."""
     expected = reference_scores(kind, encoder, decoder, images)
+    return compare_scorer(
+        f"{kind}_scorer", scorer, expected, images, threshold,
+        "export.scoring on the fp32 encoder and decoder sessions",
+    )  # fmt: skip
+
+
+def compare_scorer(
+    role: str,
+    scorer: OnnxModel,
+    expected: np.ndarray,
+    images: np.ndarray,
+    threshold: float,
+    against: str,
+) -> dict[str, Any]:
+    """The scorer graph's scores and flags on ``images`` against ``expected`` (n,) float32;
+    raise ``ExportError`` unless every score is within ``SCORE_RTOL`` (relative) and every flag
+    equals ``expected > threshold`` (a flag may differ only where the expected score lies within
+    that tolerance of the threshold). Returns the check's record for the manifest."""
     flags = expected > np.float32(threshold)
     score, anomaly = scorer.run(images)
-    role = f"{kind}_scorer"
     if score.shape != expected.shape or score.dtype != np.float32 or anomaly.dtype != np.bool_:
         raise ExportError(
             f"{role}: outputs {score.dtype}{score.shape}, {anomaly.dtype}{anomaly.shape}; "
@@ -271,7 +285,7 @@ def check_scorer(
             f"{int(mismatched.sum())} anomaly flags differ; nothing written"
         )
     return {
-        "against": "export.scoring on the fp32 encoder and decoder sessions",
+        "against": against,
         "inputs": len(images),
         "max_rel_diff": worst,
         "rtol": SCORE_RTOL,

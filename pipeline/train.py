@@ -26,6 +26,7 @@ from pipeline.fitting import (
     CHECKPOINT_DIR,
     checkpoint_key,
     fit_model,
+    fit_summary,
     history_csv,
     save_keras_atomic,
 )
@@ -61,21 +62,13 @@ def train_model(kind: str, cfg: Config, paths: Paths) -> dict[str, Any]:
     best = int(np.argmin(history["val_loss"]))
     epochs_run = len(history["loss"])
     summary = {
-        "model": kind,
-        "parameters": int(model.count_params()),
-        "epochs_run": epochs_run,
+        **fit_summary(kind, model, history, seconds, cfg.train.jit_compile),
         "epoch_budget": cfg.train.epochs,
         # how training ended: early stopping, or the budget (the whole schedule) was used
         "ended_by": "early_stopping" if epochs_run < cfg.train.epochs else "epoch_budget",
         "lr_schedule": cfg.train.lr_schedule,
-        "best_epoch": best + 1,
-        "best_val_loss": float(history["val_loss"][best]),
-        "train_loss_at_best": float(history["loss"][best]),
         "loss": "summed Bernoulli NLL over 784 pixels"
         + (" + beta * KL (negative ELBO), nats/image" if kind == "vae" else ", nats/image"),
-        "seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, epochs_run), 3),
-        "jit_compile": cfg.train.jit_compile,
     }
     if kind == "vae":
         summary["val_kl_at_best"] = float(history["val_kl"][best])
