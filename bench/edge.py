@@ -19,7 +19,7 @@ The ORT-format folder is written first by ``python -m export edge`` (into a temp
   RSS of the same process before the session opens is recorded beside it.
 - cold start (the VAE decoder): wall time of a fresh process until its first digit is decoded
   and it exits. Python ``Bundle``: ``Bundle.load(DIR, precision).generate`` (every sha256
-  checked, every session of the bundle opened). Python decoder only and Node: the manifest
+  checked; the bundle opens the decoder's session on this first use). Python decoder only and Node: the manifest
   read, the decoder file's sha256 checked, one session opened, one latent decoded (Node:
   ``client.mjs decode``).
 

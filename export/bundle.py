@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,8 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 class Bundle:
-    """The exported AE, VAE (and compact decoder, denoiser) as ONNX Runtime sessions (CPU), one
-    per model."""
+    """The exported AE, VAE (and compact decoder, denoiser, detector) as ONNX Runtime sessions
+    (CPU), one per model, each opened when first used."""
 
     def __init__(
         self, directory: Path, manifest: dict[str, Any], precision: str, threads: int | None = None
@@ -141,36 +142,45 @@ class Bundle:
         self.manifest = manifest
         self.precision = precision
         self.latent_dim = int(manifest["latent_dim"])
+        self.threads = threads
+        # session name -> its ONNX file; a session is opened on first use (``_session``): a
+        # scoring job never pays for the decoders it does not run (~35 MiB less resident
+        # memory when only the detector scores), a device that only generates opens one model
+        self._files: dict[str, Path] = {}
         self._sessions: dict[str, _Session] = {}
+        self._opening = threading.Lock()
         self._validation: dict[str, np.ndarray] = {}  # sorted validation scores, loaded on use
+        models = manifest["models"]
+        int8 = "_int8" if precision == "int8" else ""
         for kind in MODELS:
-            for part in ("encoder", "decoder"):
-                role = f"{kind}_{part}"
-                if part == "decoder" and precision == "int8":
-                    role += "_int8"
-                self._sessions[f"{kind}_{part}"] = _open_session(
-                    directory / manifest["models"][role]["file"], threads
-                )
+            self._files[f"{kind}_encoder"] = directory / models[f"{kind}_encoder"]["file"]
+            self._files[f"{kind}_decoder"] = directory / models[f"{kind}_decoder{int8}"]["file"]
         for role in DETECTOR_PARTS:  # fp32 whatever the precision: they only score
-            if role in manifest["models"]:
-                self._sessions[role] = _open_session(
-                    directory / manifest["models"][role]["file"], threads
-                )
-        if COMPACT in manifest["models"]:
-            role = COMPACT + ("_int8" if precision == "int8" else "")
-            self._sessions[COMPACT] = _open_session(
-                directory / manifest["models"][role]["file"], threads
-            )
-        if DENOISER in manifest["models"]:  # fp32 whatever the precision: it is no decoder
-            self._sessions[DENOISER] = _open_session(
-                directory / manifest["models"][DENOISER]["file"], threads
-            )
+            if role in models:
+                self._files[role] = directory / models[role]["file"]
+        if COMPACT in models:
+            self._files[COMPACT] = directory / models[COMPACT + int8]["file"]
+        if DENOISER in models:  # fp32 whatever the precision: it is no decoder
+            self._files[DENOISER] = directory / models[DENOISER]["file"]
+
+    def _session(self, name: str) -> _Session:
+        """The session of ``name`` (e.g. "vae_decoder"), opened on first use, once (under a
+        lock: Beam and user code may call one bundle from several threads)."""
+        session = self._sessions.get(name)
+        if session is None:
+            with self._opening:
+                session = self._sessions.get(name)
+                if session is None:
+                    session = _open_session(self._files[name], self.threads)
+                    self._sessions[name] = session
+        return session
 
     @classmethod
     def load(
         cls, directory: str | Path, precision: str = "fp32", threads: int | None = None
     ) -> Bundle:
-        """Read ``directory/manifest.json``, verify every listed file, then open the sessions.
+        """Read ``directory/manifest.json`` and verify every listed file; each model's session
+        opens when first used.
 
         threads: ONNX Runtime intra-op threads per session (None or 0: all available cores).
         """
@@ -249,7 +259,7 @@ class Bundle:
             role = f"{model}_decoder"
         elif model != "vae":
             raise ValueError("the compact decoder decodes the VAE's latents: use model='vae'")
-        elif COMPACT not in self._sessions:
+        elif COMPACT not in self._files:
             raise BundleError(
                 f"{self.directory}: the bundle has no compact decoder ({MANIFEST} lists no "
                 f"{COMPACT!r} model); export it again from a run with the train_compact stage"
@@ -265,7 +275,7 @@ class Bundle:
         from the VAE's (model "vae" only).
         """
         session = self.decoder_role(model, decoder).removesuffix("_int8")
-        return self._sessions[session].run(self._check_z(z))["pixels"]
+        return self._session(session).run(self._check_z(z))["pixels"]
 
     def prior_latents(self, n: int, seed: int | None = None) -> np.ndarray:
         """(n, latent_dim) float32 draws from N(0, I), the VAE prior, with numpy's PCG64."""
@@ -295,7 +305,7 @@ class Bundle:
 
     def posterior(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """VAE encoder: images -> z_mean, z_log_var, each (n, latent_dim) float32."""
-        out = self._sessions["vae_encoder"].run(as_images(images))
+        out = self._session("vae_encoder").run(as_images(images))
         return out["z_mean"], out["z_log_var"]
 
     def encode(self, images: Any, model: str = "vae") -> np.ndarray:
@@ -303,7 +313,7 @@ class Bundle:
         self._check_model(model)
         if model == "vae":
             return self.posterior(images)[0]
-        return self._sessions["ae_encoder"].run(as_images(images))["z"]
+        return self._session("ae_encoder").run(as_images(images))["z"]
 
     def reconstruct(self, images: Any, model: str = "vae") -> np.ndarray:
         """Encode then decode (the VAE decodes z_mean): (n, 28, 28) float32."""
@@ -338,7 +348,7 @@ class Bundle:
         if model == DETECTOR:
             scores, fg = self._detector_score(images)
             return scores, scoring.bernoulli_nll_map(images, fg.pixels) if maps else None
-        encoder, decoder = self._sessions[f"{model}_encoder"], self._sessions[f"{model}_decoder"]
+        encoder, decoder = self._session(f"{model}_encoder"), self._session(f"{model}_decoder")
         out = scoring.reconstruct_and_score(
             model,
             images,
@@ -353,20 +363,20 @@ class Bundle:
 
     def _detector_score(self, images: np.ndarray) -> tuple[np.ndarray, scoring.Reconstruction]:
         entry = self.manifest["anomaly"][DETECTOR]
-        s = self._sessions
+        s = self._session
 
         def outputs(role: str, names: tuple[str, ...]) -> Any:
-            return lambda x: [s[role].run(x)[name] for name in names]
+            return lambda x: [s(role).run(x)[name] for name in names]
 
         return scoring.detector_score(
             images,
             (
                 outputs("detector_encoder", ("z_mean", "z_log_var", "class_logits")),
-                lambda zc: s["detector_decoder"].run(zc)["pixels"],
+                lambda zc: s("detector_decoder").run(zc)["pixels"],
             ),
             (
                 outputs("background_encoder", ("z_mean", "z_log_var")),
-                lambda z: s["background_decoder"].run(z)["pixels"],
+                lambda z: s("background_decoder").run(z)["pixels"],
             ),
             scoring.Calibration.from_json(entry["calibration"]),
             int(entry["coarse_block"]),
@@ -409,7 +419,7 @@ class Bundle:
 
         Raises ``BundleError`` for a bundle without a denoiser (exported before it existed).
         """
-        if DENOISER not in self._sessions:
+        if DENOISER not in self._files:
             raise BundleError(
                 f"{self.directory}: the bundle has no denoiser ({MANIFEST} lists no "
                 f"{DENOISER!r} model); export it again from a run with the train_denoiser stage"
@@ -420,7 +430,7 @@ class Bundle:
         """Noisy images (n, 28, 28) (or any accepted layout) -> denoised (n, 28, 28) float32 in
         [0, 1], by the denoising autoencoder (trained at noise ``denoiser_sigma()``)."""
         self.denoiser_sigma()  # a clear error for a bundle without one
-        return self._sessions[DENOISER].run(as_images(images))["pixels"]
+        return self._session(DENOISER).run(as_images(images))["pixels"]
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.directory)!r}, precision={self.precision!r})"

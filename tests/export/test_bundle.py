@@ -135,8 +135,11 @@ def test_int8_decoders_drift_within_the_recorded_bound(
         )
 
 
-def test_sessions_are_created_once(export_run: Path, test_digits: np.ndarray, monkeypatch):
-    """Loading opens one ONNX Runtime session per model; using the bundle opens no more."""
+def test_sessions_open_on_first_use_and_once(
+    export_run: Path, test_digits: np.ndarray, monkeypatch
+):
+    """Loading opens no ONNX Runtime session; each model's opens when first used (the default
+    score: the detector's four only), and never again."""
     opened: list[str] = []
     real = ort.InferenceSession
 
@@ -146,21 +149,44 @@ def test_sessions_are_created_once(export_run: Path, test_digits: np.ndarray, mo
 
     monkeypatch.setattr(ort, "InferenceSession", counting)
     loaded = Bundle.load(export_run / "export")
-    assert sorted(opened) == sorted(
-        loaded.manifest["models"][role]["file"]
-        for role in (
-            "ae_encoder", "ae_decoder", "vae_encoder", "vae_decoder", "compact_decoder",
-            "denoiser", "detector_encoder", "detector_decoder", "background_encoder",
-            "background_decoder",
-        )
-    )  # fmt: skip
+    assert opened == []
+    files = loaded.manifest["models"]
+
+    def names(*roles: str) -> list[str]:
+        return sorted(files[role]["file"] for role in roles)
+
     loaded.score(test_digits[:5])
+    assert sorted(opened) == names(
+        "detector_encoder", "detector_decoder", "background_encoder", "background_decoder"
+    )
     loaded.score(test_digits[:5], "vae")
     loaded.score(test_digits[:5], "ae")
     loaded.sample(3)
     loaded.sample(3, decoder="compact")
     loaded.denoise(test_digits[:5])
-    assert len(opened) == 10
+    loaded.score(test_digits[:5])
+    loaded.sample(3)
+    assert sorted(opened) == names(
+        "ae_encoder", "ae_decoder", "vae_encoder", "vae_decoder", "compact_decoder",
+        "denoiser", "detector_encoder", "detector_decoder", "background_encoder",
+        "background_decoder",
+    )  # fmt: skip
+
+
+def test_int8_bundle_opens_int8_decoders(export_run: Path, monkeypatch):
+    opened: list[str] = []
+    real = ort.InferenceSession
+
+    def counting(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    int8 = Bundle.load(export_run / "export", precision="int8")
+    int8.sample(2)
+    int8.sample(2, decoder="compact")
+    files = int8.manifest["models"]
+    assert opened == [files["vae_decoder_int8"]["file"], files["compact_decoder_int8"]["file"]]
 
 
 def test_tampered_model_is_refused_naming_the_file(export_run: Path, tmp_path: Path):
