@@ -20,6 +20,7 @@ anomaly thresholds were calibrated with the fp32 models; int8 scores move by the
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ class _Session:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) <= BATCH:  # one call, no copies: a one-digit call is ~20 us all told
+            return dict(
+                zip(
+                    self.output_names,
+                    self.session.run(self.output_names, {self.input_name: x}),
+                    strict=True,
+                )
+            )
         parts = [
             self.session.run(self.output_names, {self.input_name: x[i : i + BATCH]})
             for i in range(0, max(len(x), 1), BATCH)
@@ -220,7 +229,12 @@ class Bundle:
             z = z[np.newaxis]
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z has shape {z.shape}, expected (n, {self.latent_dim})")
-        if not np.isfinite(z).all():
+        # a few numbers (one digit's latent) are checked in Python: a third of the time of the
+        # ufunc and its reduction, ~1 us of a ~15 us call
+        finite = (
+            all(map(math.isfinite, z.ravel().tolist())) if z.size <= 64 else np.isfinite(z).all()
+        )
+        if not finite:
             raise ValueError("z holds NaN or inf")
         return z
 
