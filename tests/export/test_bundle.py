@@ -135,19 +135,25 @@ def test_int8_decoders_drift_within_the_recorded_bound(
         )
 
 
-def test_sessions_open_on_first_use_and_once(
-    export_run: Path, test_digits: np.ndarray, monkeypatch
-):
-    """Loading opens no ONNX Runtime session; each model's opens when first used (the default
-    score: the detector's four only), and never again."""
-    opened: list[str] = []
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The file names of the ONNX Runtime sessions created while the test runs, in order."""
+    names: list[str] = []
     real = ort.InferenceSession
 
     def counting(path, *args, **kwargs):
-        opened.append(Path(path).name)
+        names.append(Path(path).name)
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", counting)
+    return names
+
+
+def test_sessions_open_on_first_use_and_once(
+    export_run: Path, test_digits: np.ndarray, opened: list[str]
+):
+    """Loading opens no ONNX Runtime session; each model's opens when first used (the default
+    score: the detector's four only), and never again."""
     loaded = Bundle.load(export_run / "export")
     assert opened == []
     files = loaded.manifest["models"]
@@ -173,15 +179,7 @@ def test_sessions_open_on_first_use_and_once(
     )  # fmt: skip
 
 
-def test_int8_bundle_opens_int8_decoders(export_run: Path, monkeypatch):
-    opened: list[str] = []
-    real = ort.InferenceSession
-
-    def counting(path, *args, **kwargs):
-        opened.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(ort, "InferenceSession", counting)
+def test_int8_bundle_opens_int8_decoders(export_run: Path, opened: list[str]):
     int8 = Bundle.load(export_run / "export", precision="int8")
     int8.sample(2)
     int8.sample(2, decoder="compact")
