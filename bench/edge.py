@@ -172,6 +172,15 @@ def _row_key(r: dict[str, Any]) -> tuple:
     )
 
 
+def fp32_onnx(rows: list[dict[str, Any]], field: str) -> dict[tuple[str, str], float]:
+    """{(decoder, client): ``field`` of its fp32 .onnx row}: what the other rows are against."""
+    return {
+        (r["decoder"], r["client"]): r[field]
+        for r in rows
+        if (r["format"], r["precision"]) == ("onnx", "fp32")
+    }
+
+
 def render(report: dict[str, Any]) -> str:
     """The run's tables, from its result file."""
     sizes = {(r["decoder"], r["format"], r["precision"]): r["bytes"] for r in report["sizes"]}
@@ -196,11 +205,7 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     latency = sorted(report["latency"], key=_row_key)
-    base = {
-        (r["decoder"], r["client"]): r["p50_us"]
-        for r in latency
-        if (r["format"], r["precision"]) == ("onnx", "fp32")
-    }
+    base = fp32_onnx(latency, "p50_us")
     onnx = {(r["decoder"], r["client"], r["precision"]): r["p50_us"] for r in latency
             if r["format"] == "onnx"}  # fmt: skip
     rows = [
@@ -226,11 +231,7 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     mem = sorted(report["memory"], key=_row_key)
-    base = {
-        (r["decoder"], r["client"]): r["after_mib"]
-        for r in mem
-        if (r["format"], r["precision"]) == ("onnx", "fp32")
-    }
+    base = fp32_onnx(mem, "after_mib")
     rows = [
         [r["decoder"], r["client"], f".{r['format']}", r["precision"], f"{r['before_mib']:.1f}",
          f"{r['after_mib']:.1f}", f"{r['after_mib'] - base[r['decoder'], r['client']]:+.1f}"]
