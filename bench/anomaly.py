@@ -99,11 +99,10 @@ def separation(clean: np.ndarray, other: np.ndarray, threshold: float) -> dict[s
     }
 
 
-def measure(
-    score: Any, clean: np.ndarray, sets: dict[int, dict[str, np.ndarray]], fpr: float
-) -> dict[str, Any]:
+def measure(score: Any, clean: Any, sets: dict[int, dict[str, Any]], fpr: float) -> dict[str, Any]:
     """One score: threshold on ``clean``, every set's AUROC and share flagged (mean and range
-    over the seeds), the summary against ``TARGETS``. score: images -> (n,) scores."""
+    over the seeds), the summary against ``TARGETS``. score: images -> (n,) scores (or whatever
+    ``clean`` and the sets hold, such as terms computed once, -> (n,) scores)."""
     reference = score(clean)
     threshold = calibrate_threshold(reference, fpr)
     rows: dict[str, dict[str, list[float]]] = {}
@@ -119,7 +118,7 @@ def measure(
         }
         for name, values in rows.items()
     }
-    half = len(clean) // 2
+    half = len(reference) // 2
     held_out = [
         float(np.mean(reference[b] > calibrate_threshold(reference[a], fpr)))
         for a, b in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half)))

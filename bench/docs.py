@@ -118,6 +118,8 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
     "anomaly detection": ("anomaly", "anomaly.md",
                           "python -m bench.anomaly choose|report --run artifacts",
                           "bench.anomaly"),
+    "anomaly probes": ("anomaly_probes", "anomaly-probes.md",
+                       "python -m bench.anomaly_probes --run artifacts", "bench.anomaly_probes"),
     "kill-and-resume soak": ("soak", "soak.md", "python -m bench.soak --kills 100",
                              "bench.soak.report"),
 }  # fmt: skip
@@ -195,6 +197,7 @@ BLOCKS: dict[str, tuple[str | None, Callable[[Any], str]]] = {
     "corruptions-findings": ("corruptions", script_block("bench.corruptions", "findings")),
     "anomaly-choice": ("anomaly_choice", script_block("bench.anomaly", "render_choice")),
     "anomaly": ("anomaly", script_block("bench.anomaly")),
+    "anomaly-probes": ("anomaly_probes", script_block("bench.anomaly_probes")),
     "soak": ("soak", script_block("bench.soak.report")),
     "benchmarks-index": (None, lambda _: index_block()),
     "machines": (None, lambda _: machines_block()),
