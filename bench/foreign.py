@@ -189,6 +189,20 @@ def frame_mnist(a: np.ndarray) -> np.ndarray:
     return place_by_mass(small)
 
 
+def framing(image: np.ndarray, level: float = 0.05) -> tuple[int, float, float]:
+    """How an image (28, 28) is framed: the longer side of its ink box (pixels above ``level``)
+    and its centre of mass (row, column); MNIST's digits: 20 and about (14, 14)."""
+    rows = np.nonzero((image > level).any(axis=1))[0]
+    cols = np.nonzero((image > level).any(axis=0))[0]
+    side = int(max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1)
+    mass = image / image.sum()
+    return (
+        side,
+        float(mass.sum(axis=1) @ np.arange(SIDE)),
+        float(mass.sum(axis=0) @ np.arange(SIDE)),
+    )
+
+
 def to_levels(images: np.ndarray) -> np.ndarray:
     """float images -> float32 in [0, 1] on the 256 grey levels of MNIST (uint8 / 255)."""
     return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)

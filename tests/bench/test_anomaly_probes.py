@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import anomaly, anomaly_probes
+from bench import anomaly, anomaly_probes, foreign
 from export.scoring import Calibration, combine_terms
 
 
@@ -19,11 +19,8 @@ def test_stroke_figures_are_seeded_and_framed_like_mnist():
     np.testing.assert_array_equal(figures, anomaly_probes.stroke_figures(24, seed=5))
     assert not np.array_equal(figures, anomaly_probes.stroke_figures(24, seed=6))
     for image in figures:
-        rows = np.nonzero((image > 0.05).any(axis=1))[0]
-        cols = np.nonzero((image > 0.05).any(axis=0))[0]
-        assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in range(18, 23)
-        mass = image / image.sum()
-        r, c = mass.sum(axis=1) @ np.arange(28), mass.sum(axis=0) @ np.arange(28)
+        side, r, c = foreign.framing(image)
+        assert side in range(18, 23)
         assert abs(r - 14) <= 1.0 and abs(c - 14) <= 1.0
 
 

@@ -51,11 +51,8 @@ def test_glyphs_exclude_digit_shapes_and_are_framed_like_mnist(digits):
     for name in ("letters", "signs"):
         out = foreign.build_family(name, images, labels, seed=1)
         for image in out:
-            rows = np.nonzero((image > 0.05).any(axis=1))[0]
-            cols = np.nonzero((image > 0.05).any(axis=0))[0]
-            assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in range(18, 23)
-            mass = image / image.sum()
-            r, c = mass.sum(axis=1) @ np.arange(28), mass.sum(axis=0) @ np.arange(28)
+            side, r, c = foreign.framing(image)
+            assert side in range(18, 23)
             assert abs(r - 14) <= 1.0 and abs(c - 14) <= 1.0
 
 
@@ -77,3 +74,12 @@ def test_examples_picture(digits, tmp_path: Path):
     with Image.open(out) as picture:
         assert picture.height == len(suite) * (28 * 2 + 2)
     assert [p.name for p in tmp_path.iterdir()] == ["examples.png"]
+
+
+def test_framing_reads_the_ink_box_and_the_centre_of_mass():
+    image = np.zeros((28, 28), np.float32)
+    image[4:24, 12:16] = 1.0  # a bar 20 rows tall, 4 columns wide
+    image[0, 0] = 0.01  # below the ink level: left out of the box, a negligible mass
+    side, r, c = foreign.framing(image)
+    assert side == 20
+    assert r == pytest.approx(13.5, abs=0.01) and c == pytest.approx(13.5, abs=0.01)
