@@ -172,11 +172,10 @@ def fit_classifier(cfg: Config, digits: np.ndarray, labels: np.ndarray, figures:
 
 def other_log_odds(logits: np.ndarray) -> np.ndarray:
     """log p(class 10 | x) - log p(any of classes 0-9 | x) from logits (n, 11): (n,) float64."""
-    digits = np.asarray(logits, np.float64)[:, :10]
+    logits = np.asarray(logits, np.float64)
+    digits = logits[:, :10]
     top = digits.max(axis=1)  # log-sum-exp over the digits, shifted by their own maximum
-    return np.asarray(logits, np.float64)[:, 10] - (
-        top + np.log(np.sum(np.exp(digits - top[:, None]), axis=1))
-    )
+    return logits[:, 10] - (top + np.log(np.sum(np.exp(digits - top[:, None]), axis=1)))
 
 
 def probe_terms(images: np.ndarray, models: dict[str, Any], block: int) -> Terms:
@@ -262,18 +261,20 @@ def probe(run: Path, out: Path, picture: Path) -> int:
         return probe_terms(images, models, block)
 
     clean = terms_of(val)
-    half = {name: values[: len(val) // 2] for name, values in clean.items()}
-    both = Calibration.fit({name: half[name] for name in (*calibration.terms, "strokes_ratio")})
+    both = Calibration.fit(
+        {name: clean[name][: len(val) // 2] for name in (*calibration.terms, "strokes_ratio")}
+    )
     score = scorers(calibration, both)
-    sets = {
-        seed: {name: terms_of(images) for name, images in anomaly.suites(val, val_labels, seed).items()}
-        for seed in anomaly.SEEDS
-    }  # fmt: skip
+    sets: dict[int, dict[str, Terms]] = {}
+    for seed in anomaly.SEEDS:
+        inputs = anomaly.suites(val, val_labels, seed)
+        sets[seed] = {name: terms_of(images) for name, images in inputs.items()}
+        if seed == anomaly.SEEDS[0]:  # the picture's letters, kept rather than drawn again
+            letters = inputs["foreign/letters"]
     fpr = cfg.evaluate.anomaly_fpr
     results = {name: anomaly.measure(f, clean, sets, fpr) for name, f in score.items()}
     thresholds = {name: r["threshold"] for name, r in results.items()}
     glyphs = per_glyph(score, thresholds, terms_of, cfg.train.seed)
-    letters = foreign.build_family("letters", val, val_labels, anomaly.SEEDS[0])
     draw_neighbours(val, score["detector"](clean), letters,
                     score["detector"](sets[anomaly.SEEDS[0]]["foreign/letters"]),
                     thresholds["detector"], picture)  # fmt: skip
